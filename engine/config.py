@@ -1,0 +1,430 @@
+"""The job spec: an optional YAML job file plus ``--set key=value`` overrides -> dataclasses.
+
+    spec = load_spec("jobs/configs/trec50.yaml", ["split.seed=3", "data.text=null"])
+
+Validation happens once, here: unknown keys, wrong types and out-of-range values fail with the
+file, the dotted key path and the reason. Each stage then receives only its own sub-spec; across a
+Ray boundary pass ``dataclasses.asdict(spec.x)`` and rebuild with ``build_section(XSpec, d)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+# --------------------------------------------------------------------------------------------
+# errors
+
+
+class SpecError(ValueError):
+    """A spec value is missing, unknown, of the wrong type or out of range.
+
+    ``key`` is the dotted path (``split.val``); ``source`` the file (or ``--set``) it came from.
+    """
+
+    def __init__(self, key: str, reason: str, source: str | None = None):
+        self.key, self.reason, self.source = key, reason, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}: {reason}")
+
+    def within(self, prefix: str, source: str | None = None) -> SpecError:
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return SpecError(key, self.reason, self.source or source)
+
+
+def _require(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise SpecError(key, reason)
+
+
+def _fraction(value: float, key: str, *, closed_right: bool = False) -> None:
+    hi_ok = value <= 1 if closed_right else value < 1
+    _require(
+        0 <= value and hi_ok, key, f"must be in [0, 1{']' if closed_right else ')'}, got {value}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+WEIGHT_SCHEMES = ("inverse", "inverse_sqrt", "effective_number", "median_frequency")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data is and which columns play which role.
+
+    ``features`` is a list of numeric columns or the name of one fixed-size list column; set
+    either ``text`` or ``features``. ``id`` names a column of unique row ids used as each row's
+    identity for the split (otherwise a hash of the row's content is used).
+    """
+
+    path: str | None = None
+    format: Literal["auto", "parquet", "csv", "jsonl"] = "auto"
+    label: str = "label"
+    text: str | None = None
+    features: str | list[str] | None = None
+    id: str | None = None
+    drop_null_labels: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            not (self.text is not None and self.features is not None),
+            "features",
+            f"set either data.text ({self.text!r}) or data.features, not both "
+            "(add --set data.text=null to use features)",
+        )
+        if isinstance(self.features, list):
+            _require(len(self.features) > 0, "features", "the list of feature columns is empty")
+            dup = sorted({c for c in self.features if self.features.count(c) > 1})
+            _require(not dup, "features", f"columns listed twice: {dup}")
+            _require(
+                self.label not in self.features,
+                "features",
+                f"the label column {self.label!r} is also listed as a feature",
+            )
+        _require(bool(self.label), "label", "must name the label column")
+
+
+@dataclass(frozen=True)
+class StatsSpec:
+    """Class-weight settings: ``beta`` for the effective-number scheme, explicit ``weights``."""
+
+    beta: float = 0.999
+    weights: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.beta < 1, "beta", f"must be in [0, 1), got {self.beta}")
+        for k, v in (self.weights or {}).items():
+            _require(v > 0, f"weights.{k}", f"class weights must be > 0, got {v}")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Fractions of every class that go to val and test; the rest goes to train."""
+
+    val: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _fraction(self.val, "val")
+        _fraction(self.test, "test")
+        _require(
+            self.val + self.test < 1,
+            "test",
+            f"val + test must be < 1 so that train keeps rows, got {self.val} + {self.test}",
+        )
+
+
+@dataclass(frozen=True)
+class ResampleSpec:
+    method: Literal[
+        "none",
+        "random_over",
+        "random_under",
+        "combined",
+        "smote",
+        "borderline1",
+        "borderline2",
+        "adasyn",
+    ] = "none"
+    sampling_strategy: Any = "auto"
+    k_neighbors: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.k_neighbors >= 1, "k_neighbors", f"must be >= 1, got {self.k_neighbors}")
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    model: str = "minilm"
+    column: str = "embedding"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: Literal["transformer", "mlp", "lexical"] = "transformer"
+    path: str = "minilm"
+    max_length: int = 64
+    hidden: list[int] = field(default_factory=lambda: [256])
+
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
+        _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: Literal[
+        "ce",
+        "weighted_ce",
+        "focal",
+        "class_balanced",
+        "logit_adjusted",
+        "balanced_softmax",
+        "ldam",
+    ] = "ce"
+    gamma: float = 2.0
+    beta: float = 0.999
+    tau: float = 1.0
+    weights: str | dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
+        _require(0 <= self.beta < 1, "beta", f"must be in [0, 1), got {self.beta}")
+        if isinstance(self.weights, str):
+            _require(
+                self.weights in WEIGHT_SCHEMES,
+                "weights",
+                f"unknown scheme {self.weights!r}; use one of {list(WEIGHT_SCHEMES)} "
+                "or a mapping {label: weight}",
+            )
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """Per-batch class mix: ``balanced`` draws classes with p_c ∝ n_c^power (0 = uniform)."""
+
+    kind: Literal["none", "balanced"] = "none"
+    power: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.power <= 1, "power", f"must be in [0, 1], got {self.power}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "num_workers"):
+            v = getattr(self, key)
+            _require(v >= 1, key, f"must be >= 1, got {v}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    num_samples: int = 8
+    metric: str = "val_macro_f1"
+    search_space: dict[str, Any] | None = None
+    scheduler: Literal["asha", "fifo", "tpe"] = "asha"
+
+    def __post_init__(self) -> None:
+        _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    top_k: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    objective: Literal["macro_f1", "f_beta", "target_recall", "target_precision"] = "macro_f1"
+    beta: float = 1.0
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        if self.objective in ("target_recall", "target_precision"):
+            _require(
+                self.target is not None, "target", f"objective {self.objective!r} needs a target"
+            )
+        if self.target is not None:
+            _require(0 < self.target <= 1, "target", f"must be in (0, 1], got {self.target}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The whole job. ``run_dir`` defaults to ``runs/<name>``."""
+
+    name: str = "run"
+    run_dir: str | None = None
+    data: DataSpec = field(default_factory=DataSpec)
+    stats: StatsSpec = field(default_factory=StatsSpec)
+    split: SplitSpec = field(default_factory=SplitSpec)
+    resample: ResampleSpec = field(default_factory=ResampleSpec)
+    embed: EmbedSpec = field(default_factory=EmbedSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)
+    ensemble: EnsembleSpec = field(default_factory=EnsembleSpec)
+    thresholds: ThresholdSpec = field(default_factory=ThresholdSpec)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "name", f"bad run name {self.name!r}")
+        if self.run_dir is None:
+            object.__setattr__(self, "run_dir", f"runs/{self.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# building dataclasses from plain data, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it (ints widen to floats)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise SpecError(key, f"must be {_type_name(tp)}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except SpecError:
+                continue
+        raise SpecError(key, f"must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is list:
+        if not isinstance(value, list):
+            raise SpecError(key, f"must be a list ({_type_name(tp)}), got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SpecError(key, f"must be a mapping ({_type_name(tp)}), got {value!r}")
+        kt, vt = typing.get_args(tp)
+        # Mapping keys are labels; YAML reads `1: 0.5` as an int key, which is still a label.
+        return {str(k) if kt is str else k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SpecError(key, f"must be a mapping of {tp.__name__} keys, got {value!r}")
+        try:
+            return build_section(tp, value)
+        except SpecError as e:
+            raise e.within(key) from None
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise SpecError(key, f"must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def build_section(cls: type, values: dict[str, Any] | None) -> Any:
+    """Build the dataclass ``cls`` from a plain mapping, checking keys, types and ranges."""
+    values = values or {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise SpecError(str(unknown[0]), f"unknown key; {cls.__name__} has: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=value"`` -> (["a", "b"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise SpecError(key or text, f"--set needs KEY=VALUE (e.g. split.seed=3), got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise SpecError(key, f"value {raw!r} is not valid YAML: {e}") from None
+    return key.split("."), value
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any, source: str) -> None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise SpecError(
+                ".".join(path[: i + 1]), "is not a section; cannot set a key in it", source
+            )
+        node = child
+    node[path[-1]] = value
+
+
+def load_spec(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> JobSpec:
+    """Load a job spec from an optional YAML file plus ``key=value`` overrides (applied in order).
+
+    Raises:
+        SpecError: naming the file (or ``--set``), the dotted key and the reason.
+    """
+    tree: dict[str, Any] = {}
+    source = str(path) if path is not None else "--set"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError("", f"config file not found: {p}", str(p))
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise SpecError("", f"not valid YAML: {e}", str(p)) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SpecError("", f"top level must be a mapping, got {type(loaded).__name__}", str(p))
+        tree = loaded or {}
+    set_keys: list[str] = []
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set_path(tree, keys, value, "--set")
+        set_keys.append(".".join(keys))
+    try:
+        return build_section(JobSpec, tree)
+    except SpecError as e:
+        # Blame --set when the failing key (or a section holding it) came from an override.
+        from_set = any(e.key == k or e.key.startswith(k + ".") for k in set_keys)
+        raise SpecError(e.key, e.reason, "--set" if from_set else source) from None
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)

@@ -1,0 +1,414 @@
+"""The data layer: finding the input files, checking columns and types, the label map, and
+running per-fragment passes over the data as Ray tasks.
+
+    source = resolve_source("data/trec50")            # file, folder, glob or URI
+    cols = resolve_columns(read_schema(source), spec.data)
+    ds = read_dataset(source)                         # a Ray Dataset, for the later stages
+
+Statistics and splits are low-cardinality reductions and row-wise assignments: they run as Ray
+tasks over file fragments read with pyarrow (``run_fragments``), which streams each fragment in
+bounded batches, never shuffles, and starts an order of magnitude faster than a Ray Data
+execution. Training and inference read the same files as a Ray Dataset (``read_dataset``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from engine.config import DataSpec
+from engine.io import filesystem_and_path, is_uri
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+}
+BATCH_ROWS = 1 << 18
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """The files of one dataset, on one pyarrow filesystem, in one format."""
+
+    path: str  # as the user wrote it, for messages
+    files: tuple[str, ...]
+    format: str
+    filesystem: pafs.FileSystem
+
+
+def _format_of(name: str) -> str | None:
+    lower = name.lower()
+    for ext, fmt in FORMATS.items():
+        if lower.endswith(ext):
+            return fmt
+    return None
+
+
+def resolve_source(path: str | None, format: str = "auto") -> Source:
+    """Expand a file, a folder (recursively), a glob or a URI into a sorted list of data files.
+
+    Raises:
+        ValueError: the path is unset or missing, holds no data files, or mixes formats.
+    """
+    if not path:
+        raise ValueError("data.path is not set: give the input (a file, folder, glob or URI)")
+    fs, p = filesystem_and_path(path)
+    if any(ch in p for ch in "*?["):
+        base = p[: min(p.index(ch) for ch in "*?[" if ch in p)].rpartition("/")[0] or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, p)]
+        if not files:
+            raise ValueError(f"data.path {path!r}: the glob matches no files")
+    else:
+        info = fs.get_file_info(p)
+        if info.type == pafs.FileType.NotFound:
+            raise ValueError(f"data.path {path!r} does not exist")
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(p, recursive=True))
+            files = [
+                i.path
+                for i in infos
+                if i.is_file
+                and not any(part.startswith((".", "_")) for part in i.path[len(p) :].split("/"))
+            ]
+        else:
+            files = [p]
+    if format == "auto":
+        found = {f: _format_of(f) for f in files}
+        known = {f: fmt for f, fmt in found.items() if fmt}
+        if not known:
+            raise ValueError(
+                f"data.path {path!r}: no .parquet, .csv or .jsonl files found "
+                f"({len(files)} other files); set data.format if the files have other suffixes"
+            )
+        kinds = sorted(set(known.values()))
+        if len(kinds) > 1:
+            raise ValueError(
+                f"data.path {path!r} mixes formats {kinds}: point data.path at one of them "
+                "(a glob such as '*.parquet' works)"
+            )
+        files, fmt = sorted(known), kinds[0]
+    else:
+        files, fmt = sorted(files), format
+    shown = path if is_uri(path) else p
+    return Source(path=shown, files=tuple(files), format=fmt, filesystem=fs)
+
+
+def read_schema(source: Source) -> pa.Schema:
+    """The schema of the first file (all files must share it; passes check each batch)."""
+    first = source.files[0]
+    try:
+        if source.format == "parquet":
+            return pq.read_schema(first, filesystem=source.filesystem)
+        with source.filesystem.open_input_stream(first) as f:
+            if source.format == "csv":
+                return pacsv.open_csv(f).schema
+            return pajson.open_json(f).schema
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ValueError(f"cannot read {first} as {source.format}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# columns
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The resolved roles of columns. ``vector`` is set when features are one list column."""
+
+    label: str
+    text: str | None
+    features: tuple[str, ...]
+    vector: str | None
+    id: str | None
+    all: tuple[str, ...]  # every column of the input, in order
+
+    @property
+    def checked(self) -> list[str]:
+        """Columns the validation pass reads."""
+        cols = [self.label]
+        if self.text:
+            cols.append(self.text)
+        cols += list(self.features)
+        if self.vector:
+            cols.append(self.vector)
+        return cols
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t)
+
+
+def label_kind(t: pa.DataType) -> str | None:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return "bool"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    return None
+
+
+def resolve_columns(schema: pa.Schema, spec: DataSpec, where: str = "") -> Columns:
+    """Check that the named columns exist and have usable types.
+
+    Raises:
+        ValueError: naming the column, its type, the columns that exist and how to fix it.
+    """
+    names = list(schema.names)
+    at = f" in {where}" if where else ""
+
+    def need(col: str, key: str) -> pa.DataType:
+        if col not in names:
+            raise ValueError(f"{key} {col!r} is not a column{at}; the columns are: {names}")
+        return schema.field(col).type
+
+    lt = need(spec.label, "data.label")
+    if label_kind(lt) is None:
+        raise ValueError(
+            f"data.label {spec.label!r} has type {lt}; labels must be int, string or bool "
+            "(cast a float label column to int or string first)"
+        )
+    text = None
+    if spec.text is not None:
+        tt = need(spec.text, "data.text")
+        if not (pa.types.is_string(tt) or pa.types.is_large_string(tt)):
+            raise ValueError(f"data.text {spec.text!r} has type {tt}; it must be a string column")
+        text = spec.text
+    features: tuple[str, ...] = ()
+    vector = None
+    if isinstance(spec.features, str):
+        ft = need(spec.features, "data.features")
+        if (pa.types.is_fixed_size_list(ft) or pa.types.is_list(ft)) and _numeric(ft.value_type):
+            vector = spec.features
+        elif _numeric(ft):
+            features = (spec.features,)
+        else:
+            raise ValueError(
+                f"data.features {spec.features!r} has type {ft}; one feature column must be a "
+                "(fixed-size) list of numbers, or give a list of numeric columns"
+            )
+    elif spec.features is not None:
+        bad = [f"{c} ({need(c, 'data.features')})" for c in spec.features]
+        bad = [b for c, b in zip(spec.features, bad) if not _numeric(schema.field(c).type)]
+        if bad:
+            raise ValueError(f"data.features must be numeric columns; not numeric: {bad}")
+        features = tuple(spec.features)
+    id_col = None
+    if spec.id is not None:
+        need(spec.id, "data.id")
+        id_col = spec.id
+    return Columns(spec.label, text, features, vector, id_col, tuple(names))
+
+
+# --------------------------------------------------------------------------------------------
+# the label map
+
+
+def label_key(value: Any) -> str:
+    """The label as a JSON object key (``stats.json`` counts and weights use it)."""
+    return str(value)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Sorted labels <-> 0..K-1. Saved as ``label_map.json`` next to every artifact."""
+
+    column: str
+    kind: str  # "int" | "string" | "bool"
+    labels: tuple[Any, ...]
+
+    @classmethod
+    def from_values(cls, column: str, kind: str, values: Sequence[Any]) -> LabelMap:
+        return cls(column, kind, tuple(sorted(values)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def keys(self) -> list[str]:
+        return [label_key(v) for v in self.labels]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"column": self.column, "kind": self.kind, "labels": list(self.labels)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LabelMap:
+        return cls(obj["column"], obj["kind"], tuple(obj["labels"]))
+
+    def arrow_values(self) -> pa.Array:
+        t = {"int": pa.int64(), "string": pa.string(), "bool": pa.bool_()}[self.kind]
+        return pa.array(self.labels, type=t)
+
+    def encode(self, column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Labels -> int64 indices. Raises ValueError naming labels that are not in the map."""
+        column = normalize_labels(column)
+        idx = pc.index_in(column, value_set=self.arrow_values())
+        if idx.null_count:
+            unknown = pc.unique(pc.filter(column, pc.is_null(idx))).to_pylist()
+            shown = sorted(unknown, key=lambda v: (v is None, str(v)))[:10]
+            raise ValueError(
+                f"labels {shown} in column {self.column!r} are not in the label map "
+                f"({len(self.labels)} labels: {list(self.labels)[:10]}"
+                f"{' ...' if len(self.labels) > 10 else ''}); they were not seen when the map "
+                "was made — rebuild it from data that holds every class"
+            )
+        return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def normalize_labels(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """One type per label kind: int64, string or bool (dictionary columns decoded)."""
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column = column.cast(t.value_type)
+        t = t.value_type
+    if pa.types.is_integer(t) and t != pa.int64():
+        return column.cast(pa.int64())
+    if pa.types.is_large_string(t):
+        return column.cast(pa.string())
+    return column
+
+
+# --------------------------------------------------------------------------------------------
+# fragments and passes
+
+
+@dataclass(frozen=True)
+class Fragment:
+    """A file, or some row groups of a Parquet file: the unit of work of a pass."""
+
+    path: str
+    row_groups: tuple[int, ...] | None = None
+
+
+def fragments(source: Source, target: int) -> list[Fragment]:
+    """Files as fragments; a few large Parquet files are cut into row groups for parallelism."""
+    if source.format != "parquet" or len(source.files) >= target:
+        return [Fragment(f) for f in source.files]
+    out: list[Fragment] = []
+    per_file = math.ceil(target / len(source.files))
+    for f in source.files:
+        n = pq.ParquetFile(f, filesystem=source.filesystem).metadata.num_row_groups
+        groups = np.array_split(np.arange(n), min(per_file, max(n, 1)))
+        out += [Fragment(f, tuple(int(g) for g in gs)) for gs in groups if len(gs)]
+    return out
+
+
+def iter_fragment(
+    source: Source,
+    fragment: Fragment,
+    columns: Sequence[str] | None = None,
+    schema: pa.Schema | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> Iterator[pa.Table]:
+    """Stream one fragment as tables of at most ``batch_rows`` rows (``columns`` only).
+
+    ``schema`` (the first file's) fixes CSV/JSON type inference so every file reads alike.
+    """
+    fs = source.filesystem
+    cols = list(columns) if columns is not None else None
+    try:
+        if source.format == "parquet":
+            pf = pq.ParquetFile(fragment.path, filesystem=fs)
+            it = pf.iter_batches(
+                batch_size=batch_rows, row_groups=fragment.row_groups, columns=cols
+            )
+            for b in it:
+                yield pa.Table.from_batches([b])
+            return
+        with fs.open_input_stream(fragment.path) as f:
+            if source.format == "csv":
+                conv = (
+                    pacsv.ConvertOptions(column_types=schema, include_columns=cols)
+                    if schema is not None
+                    else pacsv.ConvertOptions(include_columns=cols)
+                )
+                reader = pacsv.open_csv(f, convert_options=conv)
+            else:
+                parse = pajson.ParseOptions(explicit_schema=schema) if schema is not None else None
+                reader = pajson.open_json(f, parse_options=parse)
+            for b in reader:
+                t = pa.Table.from_batches([b])
+                if cols is not None and source.format == "jsonl":
+                    t = t.select(cols)
+                for off in range(0, t.num_rows, batch_rows):
+                    yield t.slice(off, batch_rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise ValueError(f"cannot read {fragment.path} as {source.format}: {e}") from None
+
+
+def _apply(task: Callable[[Source, list[Fragment]], Any], source: Source, frags: list[Fragment]):
+    return task(source, frags)
+
+
+def run_fragments(
+    source: Source,
+    task: Callable[[Source, list[Fragment]], Any],
+    *,
+    description: str,
+    tasks_per_cpu: int = 2,
+) -> list[Any]:
+    """Run ``task(source, fragments)`` as Ray tasks over groups of fragments; return the results.
+
+    Results come back in submission order, so a reduction over them does not depend on timing.
+    Failed tasks are retried by Ray; tasks must therefore be idempotent (passes that write use
+    content-derived file names).
+    """
+    import ray
+
+    from engine.progress import progress_bar
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    frags = fragments(source, target=cpus * tasks_per_cpu)
+    n_tasks = min(len(frags), cpus * tasks_per_cpu)
+    groups = [frags[i::n_tasks] for i in range(n_tasks)]
+    remote = ray.remote(num_cpus=1, max_retries=3)(_apply)
+    task_ref = ray.put(task)
+    refs = [remote.remote(task_ref, source, g) for g in groups]
+    index = {r: i for i, r in enumerate(refs)}
+    results: list[Any] = [None] * len(refs)
+    pending = list(refs)
+    with progress_bar(description, total=len(refs)) as advance:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                results[index[r]] = ray.get(r)
+                advance(1)
+    return results
+
+
+def read_dataset(source: Source, columns: Sequence[str] | None = None):
+    """The files as a Ray Dataset (training and inference stream from it)."""
+    import ray
+
+    files = list(source.files)
+    cols = list(columns) if columns is not None else None
+    fs = source.filesystem
+    if source.format == "parquet":
+        return ray.data.read_parquet(files, filesystem=fs, columns=cols)
+    if source.format == "csv":
+        ds = ray.data.read_csv(files, filesystem=fs)
+    else:
+        ds = ray.data.read_json(files, filesystem=fs, lines=True)
+    return ds.select_columns(cols) if cols is not None else ds

@@ -1,0 +1,112 @@
+"""Filesystem helpers: resolving local paths and URIs, and writing artifacts atomically.
+
+Every artifact is written under a temporary name and renamed into place when complete, so a crash
+never leaves a half-written file that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def filesystem_and_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """Return the pyarrow filesystem and the path inside it for a local path or a URI."""
+    path = str(path)
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _tmp_name(path: str) -> str:
+    head, _, tail = path.rstrip("/").rpartition("/")
+    return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def write_atomic(
+    path: str | os.PathLike, write: Callable[[Any, str], None], fs: pafs.FileSystem | None = None
+) -> str:
+    """Write one file through ``write(fs, tmp_path)`` and rename it to ``path`` when complete.
+
+    With ``fs`` given, ``path`` is a path inside that filesystem; otherwise a local path or URI.
+    """
+    fs, p = (fs, str(path)) if fs is not None else filesystem_and_path(path)
+    parent = p.rpartition("/")[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = _tmp_name(p)
+    try:
+        write(fs, tmp)
+        fs.move(tmp, p)
+    except BaseException:
+        if exists(fs, tmp):
+            fs.delete_file(tmp)
+        raise
+    return p
+
+
+def write_bytes_atomic(
+    path: str | os.PathLike, data: bytes, fs: pafs.FileSystem | None = None
+) -> str:
+    def _write(fs: pafs.FileSystem, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+
+    return write_atomic(path, _write, fs)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, fs: pafs.FileSystem | None = None) -> str:
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode(), fs)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    fs, p = filesystem_and_path(path)
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read().decode())
+
+
+def write_parquet_atomic(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> str:
+    def _write(fs: pafs.FileSystem, tmp: str) -> None:
+        pq.write_table(table, tmp, filesystem=fs, **kwargs)
+
+    return write_atomic(path, _write)
+
+
+def replace_dir(fs: pafs.FileSystem, tmp_dir: str, final_dir: str) -> None:
+    """Move a completed temporary folder into place, replacing an older one if present.
+
+    The old folder is first moved aside, so that at every moment either the old or the new
+    complete folder is at ``final_dir``.
+    """
+    old = None
+    if exists(fs, final_dir):
+        old = _tmp_name(final_dir) + ".old"
+        fs.move(final_dir, old)
+    fs.move(tmp_dir, final_dir)
+    if old is not None:
+        fs.delete_dir(old)
+
+
+def temp_dir_beside(fs: pafs.FileSystem, final_dir: str) -> str:
+    tmp = _tmp_name(final_dir)
+    fs.create_dir(tmp, recursive=True)
+    return tmp
