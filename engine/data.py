@@ -393,7 +393,16 @@ def run_fragments(
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for r in done:
-                results[index[r]] = ray.get(r)
+                try:
+                    results[index[r]] = ray.get(r)
+                except ray.exceptions.RayTaskError as e:
+                    # A user-facing error inside a task: raise it as itself, without the
+                    # remote traceback, so that the message reads as if raised here.
+                    if isinstance(e.cause, (ValueError, TypeError)):
+                        for other in pending:
+                            ray.cancel(other)
+                        raise e.cause from None
+                    raise
                 advance(1)
     return results
 

@@ -102,7 +102,6 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
     write_json_atomic(join(root, "stats.json"), stats.to_json(**extra), fs)
     write_json_atomic(join(root, "label_map.json"), stats.label_map.to_json(), fs)
 
-    csv_schema = result.schema if source.format != "parquet" else None
     splits = split(
         source,
         result.columns,
@@ -110,7 +109,7 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
         result.summary.counts,
         spec.split,
         join(spec.run_dir, "splits"),
-        schema=csv_schema,
+        schema=result.schema,
     )
     for w in splits.warnings:
         log.warning(w)

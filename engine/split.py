@@ -164,22 +164,21 @@ def _task_name(frags: list[Fragment]) -> str:
 class _SplitWriters:
     """One streaming Parquet writer per split, each to a temporary name renamed on close."""
 
-    def __init__(self, fs, out_dir: str, name: str):
-        self.fs, self.out_dir, self.name = fs, out_dir, name
+    def __init__(self, fs, out_dir: str, name: str, schema: pa.Schema):
+        self.fs, self.out_dir, self.name, self.schema = fs, out_dir, name, schema
         self.writers: dict[str, pq.ParquetWriter] = {}
-        self.schema: pa.Schema | None = None
 
-    def write(self, split: str, table: pa.Table) -> None:
+    def write(self, split: str, table: pa.Table, where: str) -> None:
         if table.num_rows == 0:
             return
-        if self.schema is None:
-            self.schema = table.schema
-        elif table.schema != self.schema:
+        if not table.schema.equals(self.schema):
             try:
-                table = table.cast(self.schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                table = table.select(self.schema.names).cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as e:
                 raise ValueError(
-                    f"input files disagree on their schema ({table.schema} vs {self.schema}): {e}"
+                    f"{where} disagrees with the first file on the schema, and cannot be cast "
+                    f"to it ({e}); the first file has: "
+                    f"{self.schema.to_string(show_schema_metadata=False)}"
                 ) from None
         if split not in self.writers:
             tmp = join(self.out_dir, split, f".{self.name}.tmp")
@@ -213,8 +212,9 @@ def _write_task(
     cuts: Cuts,
     fs,
     out_dir: str,
+    out_schema: pa.Schema,
 ) -> tuple[np.ndarray, pa.Table | None]:
-    writers = _SplitWriters(fs, out_dir, _task_name(frags))
+    writers = _SplitWriters(fs, out_dir, _task_name(frags), out_schema)
     written = np.zeros((3, len(lm)), dtype=np.int64)
     pending: list[pa.Table] = []
     for frag in frags:
@@ -230,7 +230,7 @@ def _write_task(
             for s, name in enumerate(SPLITS):
                 mask = (split == s) & ~pend
                 if mask.any():
-                    writers.write(name, table.filter(pa.array(mask)))
+                    writers.write(name, table.filter(pa.array(mask)), frag.path)
                     written[s] += np.bincount(cls[mask], minlength=len(lm))
     writers.close()
     return written, (pa.concat_tables(pending, promote_options="permissive") if pending else None)
@@ -285,17 +285,19 @@ def split(
     class_counts: dict[Any, int],
     spec: SplitSpec,
     out_dir: str,
-    schema: pa.Schema | None = None,
+    schema: pa.Schema,
 ) -> SplitResult:
     """Split ``source`` exactly and write ``out_dir/{train,val,test}/`` atomically.
 
-    ``class_counts`` (label value -> rows, null labels excluded) comes from the stats pass.
+    ``class_counts`` (label value -> rows, null labels excluded) and ``schema`` (the first
+    file's) come from the stats pass; every written file has that schema.
     """
+    read_schema = schema if source.format != "parquet" else None
     n = np.array([class_counts[v] for v in label_map.labels], dtype=np.int64)
     target = np.array([split_counts(int(x), spec.val, spec.test) for x in n], dtype=np.int64)
     bits = bucket_bits(len(label_map))
     hist_task = functools.partial(
-        _histogram_task, cols=cols, schema=schema, lm=label_map, seed=spec.seed, bits=bits
+        _histogram_task, cols=cols, schema=read_schema, lm=label_map, seed=spec.seed, bits=bits
     )
     hist = sum(run_fragments(source, hist_task, description="split: key histogram"))
     if not np.array_equal(hist.reshape(len(n), -1).sum(axis=1), n):
@@ -313,12 +315,13 @@ def split(
         write_task = functools.partial(
             _write_task,
             cols=cols,
-            schema=schema,
+            schema=read_schema,
             lm=label_map,
             seed=spec.seed,
             cuts=cuts,
             fs=fs,
             out_dir=tmp,
+            out_schema=schema,
         )
         parts = run_fragments(source, write_task, description="split: write")
         written = sum(p[0] for p in parts)
@@ -329,7 +332,7 @@ def split(
             pending_rows = pending.num_rows
             which = _resolve_pending(pending, cuts)
             cls = pending["__cls"].to_numpy()
-            body = pending.drop_columns(["__cls", "__key"])
+            body = pending.drop_columns(["__cls", "__key"]).select(schema.names).cast(schema)
             for s, name in enumerate(SPLITS):
                 mask = which == s
                 if mask.any():
@@ -344,7 +347,7 @@ def split(
                 f"split of {source.path} wrote {written.sum(axis=1).tolist()} rows per split, "
                 f"expected {target.sum(axis=0).tolist()}; nothing was moved into {out_dir}"
             )
-        _ensure_schema_files(fs, tmp, source, schema)
+        _ensure_schema_files(fs, tmp, schema)
         counts = {
             name: dict(zip(label_map.keys, (int(x) for x in target[:, s])))
             for s, name in enumerate(SPLITS)
@@ -367,14 +370,12 @@ def split(
     return SplitResult(out_dir, counts, split_warnings(label_map, target, spec), pending_rows)
 
 
-def _ensure_schema_files(fs, tmp: str, source: Source, schema: pa.Schema | None) -> None:
+def _ensure_schema_files(fs, tmp: str, schema: pa.Schema) -> None:
     """A split with no rows still gets one empty file, so readers see the columns."""
     for name in SPLITS:
         infos = fs.get_file_info(pafs.FileSelector(join(tmp, name)))
         if any(i.path.endswith(".parquet") for i in infos):
             continue
-        if schema is None:
-            schema = pq.read_schema(source.files[0], filesystem=source.filesystem)
         pq.write_table(schema.empty_table(), join(tmp, name, "part-empty.parquet"), filesystem=fs)
 
 

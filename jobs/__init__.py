@@ -1,0 +1,1 @@
+"""Thin Ray job entrypoints (``python -m jobs.<stage>``) and the ``raybalance`` command."""

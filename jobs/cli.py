@@ -1,0 +1,47 @@
+"""The ``raybalance`` command: one subcommand per job.
+
+raybalance stats DATA --label COL
+raybalance prepare [CONFIG] [--set KEY=VALUE]... [--address ADDR]
+raybalance datasets make NAME --out DIR
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from engine import __version__
+from jobs.common import run_main
+
+COMMANDS = {
+    "stats": ("jobs.stats", "class statistics of a dataset"),
+    "prepare": ("jobs.prepare", "statistics + exact stratified splits into the run directory"),
+    "datasets": ("jobs.datasets", "write a real imbalanced dataset as Parquet"),
+}
+
+
+def usage() -> str:
+    lines = [f"raybalance {__version__}", "", "usage: raybalance COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines += ["", "raybalance COMMAND --help shows a command's arguments."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"raybalance: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return run_main(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

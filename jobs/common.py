@@ -1,0 +1,78 @@
+"""What every job shares: the spec arguments, connecting to Ray, and printing results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from rich.console import Console
+
+from engine.config import JobSpec, SpecError, load_spec
+
+console = Console(stderr=False, highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to use (default: $RAY_ADDRESS, else an embedded local Ray)",
+    )
+
+
+def add_spec_args(parser: argparse.ArgumentParser) -> None:
+    """CONFIG (positional or --config, optional) and repeatable --set KEY=VALUE."""
+    parser.add_argument("config", nargs="?", default=None, help="job YAML (optional)")
+    parser.add_argument("--config", dest="config_opt", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, the value parsed as YAML (e.g. --set split.seed=3)",
+    )
+    add_address(parser)
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise SpecError("", f"two configs given: {args.config} and --config {args.config_opt}")
+    return load_spec(args.config or args.config_opt, args.overrides)
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` / $RAY_ADDRESS, or start an embedded local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(logging_level=logging.WARNING, include_dashboard=False)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("raybalance").setLevel(logging.INFO)
+
+
+def run_main(fn, argv: list[str] | None) -> int:
+    """Run a job's main; user errors print one clear line and exit 2."""
+    setup_logging()
+    try:
+        fn(argv)
+    except (SpecError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
+        return 2
+    return 0
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)

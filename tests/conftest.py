@@ -1,0 +1,59 @@
+"""Shared fixtures: one small local Ray for the whole session, and data builders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "2")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A 2-CPU local Ray started once per test session (~3 s), shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 << 20,
+            logging_level="WARNING",
+            log_to_driver=False,
+        )
+    yield ray
+    ray.shutdown()
+
+
+def long_tail_table(n: int = 5000, k: int = 6, ratio: float = 50.0, seed: int = 0) -> pa.Table:
+    """Rows with a long-tailed int label, two float features, a string and a unique id."""
+    rng = np.random.default_rng(seed)
+    p = ratio ** (-np.arange(k) / max(k - 1, 1))
+    labels = rng.choice(k, size=n, p=p / p.sum())
+    labels[:k] = np.arange(k)  # every class present
+    return pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "label": labels.astype(np.int64),
+            "x0": rng.standard_normal(n),
+            "x1": rng.standard_normal(n).astype(np.float32),
+            "note": [f"row {i % 97}" for i in range(n)],
+        }
+    )
+
+
+def write_layout(table: pa.Table, folder, files: int, row_group: int, shuffle_seed=None) -> str:
+    """Write ``table`` as ``files`` Parquet files with row groups of ``row_group`` rows."""
+    os.makedirs(folder, exist_ok=True)
+    if shuffle_seed is not None:
+        perm = np.random.default_rng(shuffle_seed).permutation(table.num_rows)
+        table = table.take(pa.array(perm))
+    for i, idx in enumerate(np.array_split(np.arange(table.num_rows), files)):
+        part = table.slice(int(idx[0]), len(idx)) if len(idx) else table.slice(0, 0)
+        pq.write_table(part, os.path.join(folder, f"p{i:03d}.parquet"), row_group_size=row_group)
+    return str(folder)
