@@ -80,6 +80,7 @@ FEATURES = ["x0", "x1", "x2", "x3"]
 GENERATOR = 1  # bump when the generated data changes, so old files are not reused
 SECTION = "## Data preparation (bench_prep.py)"
 SPLIT_SPEC = SplitSpec(val=0.1, test=0.2, seed=0)
+ORDER = ("a", "b1", "b2", "e", "d", "c1", "c2", "f")  # in the table
 KEY_CHUNK = 1 << 21  # rows per row_keys call in the reference (bounds its temporaries)
 
 
@@ -279,6 +280,9 @@ class Step:
 
 def timed(step: Step, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` once, recording wall time and memory in ``step``; errors are recorded."""
+    import ray
+
+    settle(int(ray.cluster_resources().get("CPU", 1)))
     gc.collect()
     pa.default_memory_pool().release_unused()
     print(f"... {step.name}", flush=True)
@@ -295,6 +299,17 @@ def timed(step: Step, fn: Callable[[], Any]) -> Any:
     return value
 
 
+def settle(cpus: int, timeout: float = 60.0) -> None:
+    """Wait until every CPU is free again (Ray Data's actors exit a while after a run)."""
+    import ray
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if ray.available_resources().get("CPU", 0) >= cpus:
+            return
+        time.sleep(0.5)
+
+
 # --------------------------------------------------------------------------------------------
 # the steps
 
@@ -308,7 +323,8 @@ def pyarrow_counts(files: list[str]) -> dict[Any, int]:
 def ray_data_counts(files: list[str]) -> dict[Any, int]:
     import ray
 
-    ds = ray.data.read_parquet(files, columns=["label"]).groupby("label").count().materialize()
+    ds = ray.data.read_parquet(files).select_columns(["label"])  # pushed down into the read
+    ds = ds.groupby("label").count().materialize()
     return {r["label"]: r["count()"] for r in ds.take_all()}
 
 
@@ -542,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         import engine.split  # noqa: F401  (the engine's tasks import these in the worker)
         import engine.stats  # noqa: F401
 
+        time.sleep(0.5)  # hold the CPU, so that the tasks spread over every worker
         return os.getpid()
 
     ray.get([_warm_worker.remote() for _ in range(2 * args.num_cpus)])
@@ -561,13 +578,17 @@ def main(argv: list[str] | None = None) -> int:
     cols_hash = resolve_columns(schema, spec_label)
     counts: dict[str, dict[Any, int]] = {}
 
-    # ---- statistics
+    # The engine and the references run first; Ray Data's steps last, as their shuffle actors
+    # take a while to go away and would disturb whatever ran next.
     a = Step("a", "(a) pyarrow: label column + value_counts", None, rows)
     steps.append(a)
     counts["a"] = timed(a, lambda: pyarrow_counts(files))
     if a.error:
         print(f"the reference step failed: {a.error}", file=sys.stderr)
         return 1
+    class_counts = counts["a"]
+    checks(sum(class_counts.values()) == rows, f"pyarrow counted {rows:,} rows")
+    print("class counts: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())))
     b1 = Step("b1", "(b) engine compute_stats, label only", "a", rows)
     steps.append(b1)
     res = timed(b1, lambda: compute_stats(source, spec_label))
@@ -578,24 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     res2 = timed(b2, lambda: compute_stats(source, spec_feats))
     if res2 is not None:
         counts["b2"] = dict(res2.summary.counts)
-    e = Step("e", "(e) Ray Data read_parquet(label).groupby.count", "a", rows)
-    steps.append(e)
-    got = timed(e, lambda: ray_data_counts(files))
-    if got is not None:
-        counts["e"] = got
-    for key, c in counts.items():
-        if key != "a":
-            checks(c == counts["a"], f"class counts of step {key} == pyarrow's (a)")
-    checks(sum(counts["a"].values()) == rows, f"pyarrow counted {rows:,} rows")
-    class_counts = counts["a"]
-    print("class counts: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())))
 
-    # ---- splits
     work = Path(tempfile.mkdtemp(prefix=".bench-prep-", dir=args.dir.parent))
     try:
-        if res is None:
-            raise RuntimeError(f"the engine's stats pass failed ({b1.error}): no split to run")
-        lm = res.stats.label_map
         d = Step("d", "(d) reference: 1 process, pyarrow + numpy argsort, id", None, rows)
         steps.append(d)
         (work / "ref").mkdir()
@@ -605,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             which, id_col = ref
             ref_ids = {name: np.sort(id_col[which == s]) for s, name in enumerate(SPLITS)}
             del which, id_col, ref
+        shutil.rmtree(work / "ref", ignore_errors=True)
 
         for key, what, cols in (
             ("c1", "(c) engine split, identity = id column", cols_id),
@@ -612,11 +619,20 @@ def main(argv: list[str] | None = None) -> int:
         ):
             step = Step(key, what, "d", rows)
             steps.append(step)
+            if res is None:
+                step.error = f"no class counts: the engine's stats pass failed ({b1.error})"
+                continue
             out = str(work / f"split-{key}")
             result = timed(
                 step,
                 lambda cols=cols, out=out: split(
-                    source, cols, lm, res.summary.counts, SPLIT_SPEC, out
+                    source,
+                    cols,
+                    res.stats.label_map,
+                    res.summary.counts,
+                    SPLIT_SPEC,
+                    out,
+                    schema=res.schema,
                 ),
             )
             if result is None:
@@ -624,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             step.notes.append(f"{result.pending_rows:,} rows resolved on the driver")
             ids = check_split(checks, out, what, class_counts, rows)
-            if key == "c1" and ref_ids is not None and ids is not None:
+            if key == "c1" and ref_ids is not None:
                 for name in SPLITS:
                     checks(
                         np.array_equal(ids[name], ref_ids[name]),
@@ -633,8 +649,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
             shutil.rmtree(out, ignore_errors=True)
         ref_ids = None
-        shutil.rmtree(work / "ref", ignore_errors=True)
 
+        e = Step("e", "(e) Ray Data read_parquet(label).groupby.count", "a", rows)
+        steps.append(e)
+        got = timed(e, lambda: ray_data_counts(files))
+        if got is not None:
+            counts["e"] = got
         if not args.skip_ray_split:
             f = Step("f", "(f) Ray Data train_test_split(0.2, stratify)", "d", rows)
             steps.append(f)
@@ -648,6 +668,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()
+    for key, c in counts.items():
+        if key != "a":
+            checks(c == class_counts, f"class counts of step {key} == pyarrow's (a)")
+    steps.sort(key=lambda s: ORDER.index(s.key))
 
     table = table_markdown(steps)
     print()

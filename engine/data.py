@@ -419,5 +419,5 @@ def read_dataset(source: Source, columns: Sequence[str] | None = None):
     if source.format == "csv":
         ds = ray.data.read_csv(files, filesystem=fs)
     else:
-        ds = ray.data.read_json(files, filesystem=fs, lines=True)
+        ds = ray.data.read_json(files, filesystem=fs)  # pyarrow reads newline-delimited JSON
     return ds.select_columns(cols) if cols is not None else ds

@@ -11,8 +11,11 @@ from rich.console import Console
 
 from engine.config import JobSpec, SpecError, load_spec
 
-console = Console(stderr=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+# Output that goes to a file or a job log is not cut to 80 columns.
+console = Console(highlight=False, soft_wrap=True)
+if not console.is_terminal:
+    console = Console(highlight=False, soft_wrap=True, width=200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,221 @@
+"""The data layer: sources, column checks, the label map, and every bad-input message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import DataSpec
+from engine.data import LabelMap, read_dataset, read_schema, resolve_columns, resolve_source
+from engine.stats import compute_stats
+
+
+def _parquet(path, **cols) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+    return str(path)
+
+
+def _stats(path, **data):
+    spec = DataSpec(path=str(path), **data)
+    return compute_stats(resolve_source(spec.path, spec.format), spec)
+
+
+# --------------------------------------------------------------------------------------------
+# sources
+
+
+def test_file_folder_glob_and_uri_resolve_to_the_same_files(tmp_path):
+    for i in range(3):
+        _parquet(tmp_path / "d" / f"part-{i}.parquet", label=[0, 1])
+    (tmp_path / "d" / "_SUCCESS").write_text("")
+    (tmp_path / "d" / ".hidden.parquet").write_text("junk")
+    folder = resolve_source(str(tmp_path / "d"))
+    glob_ = resolve_source(str(tmp_path / "d" / "part-*.parquet"))
+    uri = resolve_source(f"file://{tmp_path}/d")
+    assert folder.files == glob_.files == uri.files and len(folder.files) == 3
+    assert folder.format == "parquet"
+    one = resolve_source(str(tmp_path / "d" / "part-0.parquet"))
+    assert len(one.files) == 1
+
+
+def test_source_errors_name_the_path_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="data.path is not set"):
+        resolve_source(None)
+    with pytest.raises(ValueError, match=r"nope' does not exist"):
+        resolve_source(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="the glob matches no files"):
+        resolve_source(str(tmp_path / "*.parquet"))
+    (tmp_path / "m").mkdir()
+    _parquet(tmp_path / "m" / "a.parquet", label=[0])
+    pacsv.write_csv(pa.table({"label": [1]}), tmp_path / "m" / "b.csv")
+    with pytest.raises(ValueError, match=r"mixes formats \['csv', 'parquet'\]"):
+        resolve_source(str(tmp_path / "m"))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "x.txt").write_text("hi")
+    with pytest.raises(ValueError, match="no .parquet, .csv or .jsonl files found"):
+        resolve_source(str(tmp_path / "t"))
+
+
+def test_csv_and_jsonl_read_alike(ray_local, tmp_path):
+    table = pa.table({"label": ["b", "a", "b", "c"], "text": ["x", "y", "z", "w"]})
+    pacsv.write_csv(table, tmp_path / "d.csv")
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for row in table.to_pylist():
+            f.write(json.dumps(row) + "\n")
+    for name in ("d.csv", "d.jsonl"):
+        res = _stats(tmp_path / name, label="label", text="text")
+        assert res.stats.label_map.labels == ("a", "b", "c")
+        assert res.stats.counts == (1, 2, 1)
+        assert read_dataset(resolve_source(str(tmp_path / name))).count() == 4
+
+
+# --------------------------------------------------------------------------------------------
+# columns and types
+
+
+def test_missing_column_names_the_columns_that_exist(tmp_path):
+    path = _parquet(tmp_path / "a.parquet", y=[0, 1], text=["a", "b"])
+    schema = read_schema(resolve_source(path))
+    with pytest.raises(
+        ValueError, match=r"data.label 'label' is not a column; the columns are: \['y', 'text'\]"
+    ):
+        resolve_columns(schema, DataSpec(label="label"))
+    with pytest.raises(ValueError, match=r"data.features 'f9' is not a column"):
+        resolve_columns(schema, DataSpec(label="y", features=["f9"]))
+
+
+def test_column_types_are_checked(tmp_path):
+    path = _parquet(
+        tmp_path / "a.parquet",
+        fl=[0.5, 1.5],
+        y=[0, 1],
+        n=[1, 2],
+        s=["a", "b"],
+        vec=pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32(), 2)),
+    )
+    schema = read_schema(resolve_source(path))
+    with pytest.raises(ValueError, match="labels must be int, string or bool"):
+        resolve_columns(schema, DataSpec(label="fl"))
+    with pytest.raises(ValueError, match="it must be a string column"):
+        resolve_columns(schema, DataSpec(label="y", text="n"))
+    with pytest.raises(
+        ValueError, match=r"must be numeric columns; not numeric: \['s \(string\)'\]"
+    ):
+        resolve_columns(schema, DataSpec(label="y", features=["n", "s"]))
+    cols = resolve_columns(schema, DataSpec(label="y", features="vec"))
+    assert cols.vector == "vec" and cols.features == ()
+    cols = resolve_columns(schema, DataSpec(label="y", features=["n", "fl"]))
+    assert cols.features == ("n", "fl")
+
+
+@pytest.mark.parametrize(
+    "labels, kind, expected",
+    [
+        ([3, 1, 2, 1], "int", (1, 2, 3)),
+        (["b", "a", "b"], "string", ("a", "b")),
+        ([True, False, True], "bool", (False, True)),
+    ],
+)
+def test_label_kinds_and_sorted_label_map(ray_local, tmp_path, labels, kind, expected):
+    path = _parquet(tmp_path / "a.parquet", label=labels)
+    res = _stats(path, label="label")
+    lm = res.stats.label_map
+    assert lm.kind == kind and lm.labels == expected
+    assert LabelMap.from_json(json.loads(json.dumps(lm.to_json()))) == lm
+    codes = lm.encode(pa.array(labels))
+    assert [expected[c] for c in codes] == labels
+
+
+def test_small_int_and_dictionary_labels_are_normalized():
+    lm = LabelMap.from_values("y", "string", ["a", "b"])
+    dict_col = pa.array(["b", "a", "b"]).dictionary_encode()
+    assert lm.encode(dict_col).tolist() == [1, 0, 1]
+    ints = LabelMap.from_values("y", "int", [5, 7])
+    assert ints.encode(pa.array([7, 5], pa.int8())).tolist() == [1, 0]
+
+
+def test_a_label_not_in_the_map_is_an_error_naming_it():
+    lm = LabelMap.from_values("y", "string", ["ham", "spam"])
+    with pytest.raises(ValueError, match=r"labels \['eggs', 'toast'\] in column 'y' are not in"):
+        lm.encode(pa.array(["ham", "toast", "eggs", "toast"]))
+
+
+# --------------------------------------------------------------------------------------------
+# content checks of the validation pass
+
+
+def test_empty_input(ray_local, tmp_path):
+    path = _parquet(tmp_path / "a.parquet", label=pa.array([], pa.int64()))
+    with pytest.raises(ValueError, match="holds no rows"):
+        _stats(path, label="label")
+
+
+def test_one_class(ray_local, tmp_path):
+    path = _parquet(tmp_path / "a.parquet", label=["x"] * 5)
+    with pytest.raises(ValueError, match=r"holds a single class \('x', 5 rows\)"):
+        _stats(path, label="label")
+
+
+def test_null_labels_fail_unless_dropped_and_are_counted(ray_local, tmp_path):
+    path = _parquet(tmp_path / "a.parquet", label=[0, None, 1, None, 1])
+    with pytest.raises(ValueError, match=r"2 of 5 rows have a null label .*drop_null_labels=true"):
+        _stats(path, label="label")
+    res = _stats(path, label="label", drop_null_labels=True)
+    assert res.summary.null_labels == 2 and res.stats.counts == (1, 2)
+    assert res.warnings == ["dropped 2 of 5 rows with a null 'label'"]
+
+
+def test_all_labels_null(ray_local, tmp_path):
+    path = _parquet(tmp_path / "a.parquet", label=pa.array([None, None], pa.int64()))
+    with pytest.raises(ValueError, match="every label in column 'label' is null"):
+        _stats(path, label="label", drop_null_labels=True)
+
+
+def test_nan_and_inf_features_are_counted_by_row_and_column(ray_local, tmp_path):
+    path = _parquet(
+        tmp_path / "a.parquet",
+        label=[0, 1, 0, 1],
+        a=[1.0, np.nan, np.inf, 0.0],
+        b=[-np.inf, None, 3.0, 4.0],
+        c=[1, 2, 3, 4],
+    )
+    msg = r"3 of 4 rows have NaN, inf or null feature values in 2 column\(s\) \(a: 2, b: 2\)"
+    with pytest.raises(ValueError, match=msg):
+        _stats(path, label="label", features=["a", "b", "c"])
+
+
+def test_nan_in_a_vector_column_and_ragged_vectors(ray_local, tmp_path):
+    vec = pa.array([[1.0, 2.0], [np.nan, 1.0], [0.0, np.inf]], pa.list_(pa.float64(), 2))
+    path = _parquet(tmp_path / "a.parquet", label=[0, 1, 1], vec=vec)
+    with pytest.raises(ValueError, match=r"2 of 3 rows .*\(vec: 2\)"):
+        _stats(path, label="label", features="vec")
+    ragged = pa.array([[1.0, 2.0], [1.0], [0.0, 3.0]], pa.list_(pa.float64()))
+    path = _parquet(tmp_path / "b.parquet", label=[0, 1, 1], vec=ragged)
+    with pytest.raises(ValueError, match=r"have different lengths \(\[1, 2\]\)"):
+        _stats(path, label="label", features="vec")
+
+
+def test_null_text(ray_local, tmp_path):
+    path = _parquet(tmp_path / "a.parquet", label=[0, 1, 1], text=["a", None, "c"])
+    with pytest.raises(ValueError, match="1 of 3 rows have a null text in column 'text'"):
+        _stats(path, label="label", text="text")
+
+
+def test_files_with_another_label_type(ray_local, tmp_path):
+    _parquet(tmp_path / "d" / "a.parquet", label=[0, 1])
+    _parquet(tmp_path / "d" / "b.parquet", label=["x", "y"])
+    with pytest.raises(ValueError, match=r"different types across files \(\['int', 'string'\]\)"):
+        _stats(tmp_path / "d", label="label")
+
+
+def test_a_file_missing_a_column(ray_local, tmp_path):
+    _parquet(tmp_path / "d" / "a.parquet", label=[0, 1], text=["a", "b"])
+    _parquet(tmp_path / "d" / "b.parquet", label=[0, 1])
+    with pytest.raises(ValueError, match=r"b.parquet lacks columns \['text'\]"):
+        _stats(tmp_path / "d", label="label", text="text")
