@@ -529,11 +529,13 @@ def update_results(path: Path, rows: int, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load = os.getloadavg()
     files, how = ensure_data(args)
     rows = args.rows
     on_disk = sum(os.path.getsize(f) for f in files)
     print(
-        f"data: {rows:,} rows in {len(files)} files (row groups of {args.row_group:,}), "
+        f"data: {rows:,} rows in {len(files)} file{'s' * (len(files) > 1)} "
+        f"(row groups of {args.row_group:,}), "
         f"{on_disk / 2**20:,.0f} MiB in {args.dir} ({how})",
         flush=True,
     )
@@ -684,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"- Machine: {machine()}",
                 f"- Command: `{cmd}`",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-                f"- Data: {rows:,} rows in {len(files)} Parquet files, row groups of "
+                f"- Data: {rows:,} rows in {len(files)} Parquet file{'s' * (len(files) > 1)}, "
+                f"row groups of "
                 f"{args.row_group:,} rows, {on_disk / 2**20:,.0f} MiB; columns id (int64), "
                 f"label (int64), x0..x3 (float32); seed {args.seed}; class counts "
                 + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())),
@@ -692,10 +695,14 @@ def main(argv: list[str] | None = None) -> int:
                 "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0",
                 "- Cache: every file read once before the first step (warm OS cache for all "
                 "steps, nothing dropped); one warm-up Ray task per CPU; each step run once",
+                f"- Load average (1 min) at the start and the end: {load[0]:.2f}, "
+                f"{os.getloadavg()[0]:.2f} (a busy machine slows every step)",
                 "",
                 table,
                 "",
-                "Checks: " + "; ".join(checks.lines),
+                "Checks:",
+                "",
+                *[f"- {line}" for line in checks.lines],
             ]
         )
         update_results(args.results, rows, body)

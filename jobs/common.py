@@ -57,8 +57,13 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray").setLevel(logging.WARNING)
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        where = f"connected to the Ray cluster at {address}"
     else:
         ray.init(logging_level=logging.WARNING, include_dashboard=False)
+        where = "started an embedded local Ray"
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    cpus = ray.cluster_resources().get("CPU", 0)
+    err.print(f"raybalance: {where} ({nodes} node(s), {cpus:g} CPUs)")
 
 
 def setup_logging() -> None:

@@ -121,3 +121,52 @@ def test_prepare_as_a_job_process_on_an_embedded_ray(tmp_path):
     assert "431 rows, 10 classes" in proc.stdout
     manifest = json.loads((tmp_path / "run" / "splits" / "_manifest.json").read_text())
     assert sum(manifest["rows"].values()) == 431
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_prepare_connects_to_a_cluster_given_by_address(tmp_path, trec50):
+    """A `ray start` head (its own HOME, so its token never touches the user's) and a job that
+    reaches it through --address. Only the processes this test started are stopped."""
+    import psutil
+
+    home = tmp_path / "home"
+    home.mkdir()
+    temp = f"/tmp/rbt-{os.getpid()}"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    start = [
+        ray_bin,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--num-cpus=3",
+        "--include-dashboard=false",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        address = f"127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "jobs.cli", "prepare", "--address", address]
+        cmd += ["--set", f"data.path={trec50}", "--set", "data.text=text"]
+        cmd += ["--set", f"run_dir={tmp_path / 'run'}"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"connected to the Ray cluster at {address} (1 node(s), 3 CPUs)" in proc.stderr
+        manifest = json.loads((tmp_path / "run" / "splits" / "_manifest.json").read_text())
+        assert sum(manifest["rows"].values()) == 5382
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            if temp in " ".join(p.info["cmdline"] or []):
+                p.kill()
