@@ -205,3 +205,45 @@ def test_failed_split_leaves_the_old_splits_and_no_temporary_files(ray_local, tm
     after = sorted(_read(str(tmp_path / "run" / "splits" / "train"))["id"].to_pylist())
     assert after == before
     assert sorted(os.listdir(tmp_path / "run")) == ["splits"]
+
+
+def test_csv_and_jsonl_inputs_split_exactly_and_alike(ray_local, tmp_path):
+    import json
+
+    import pyarrow.csv as pacsv
+
+    table = long_tail_table(n=3000, k=4, seed=8).drop_columns(["x1"])
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "jsonl").mkdir()
+    for i, idx in enumerate(np.array_split(np.arange(3000), 3)):
+        part = table.take(pa.array(idx))
+        pacsv.write_csv(part, tmp_path / "csv" / f"p{i}.csv")
+    with open(tmp_path / "jsonl" / "all.jsonl", "w") as f:
+        for row in table.to_pylist():
+            f.write(json.dumps(row) + "\n")
+    ids = {}
+    for fmt in ("csv", "jsonl"):
+        _, out = _run_split(tmp_path / fmt, tmp_path / f"s-{fmt}", id_col=None)
+        ids[fmt] = {
+            s: sorted(_read(str(tmp_path / f"s-{fmt}" / s))["id"].to_pylist()) for s in SPLITS
+        }
+        assert sum(len(v) for v in ids[fmt].values()) == 3000
+        assert _read(str(tmp_path / f"s-{fmt}" / "train")).column_names == table.column_names
+    assert ids["csv"] == ids["jsonl"]
+
+
+def test_null_labels_are_dropped_when_asked(ray_local, tmp_path):
+    table = long_tail_table(n=2000, k=3, seed=9)
+    labels = table["label"].to_pylist()
+    for i in range(0, 2000, 10):
+        labels[i] = None
+    table = table.set_column(1, "label", pa.array(labels, pa.int64()))
+    write_layout(table, tmp_path / "data", files=2, row_group=500)
+    source = resolve_source(str(tmp_path / "data"))
+    spec = DataSpec(path=str(tmp_path / "data"), label="label", id="id", drop_null_labels=True)
+    res = compute_stats(source, spec)
+    assert res.summary.null_labels == 200
+    _split(source, res, SPEC, tmp_path / "s")
+    got = pa.concat_tables([_read(str(tmp_path / "s" / s)) for s in SPLITS])
+    assert got.num_rows == 1800 and got["label"].null_count == 0
+    assert sorted(got["id"].to_pylist()) == [i for i in range(2000) if i % 10]
