@@ -12,7 +12,9 @@ generated in chunks (memory stays low) under ``--dir`` (default ``benchmarks/_da
 and reused when ``_meta.json`` there records the same rows, files, row groups and seed.
 
 The steps, timed once each after one warm-up read of every file (the OS cache is warm for all
-of them; nothing is dropped) and one warm-up Ray task per CPU (worker processes exist):
+of them; nothing is dropped) and warm-up Ray tasks (the worker processes exist and have imported
+the engine); each step starts when every Ray CPU is free again. The engine and the references run
+first and Ray Data last (its shuffle actors linger after a run). In the table:
 
 - (a) pyarrow: ``dataset(files).to_table(columns=["label"])`` + ``value_counts`` — the physical
   reference for statistics;
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     ray.get([_warm_worker.remote() for _ in range(2 * args.num_cpus)])
     print(
         f"warm-up: every file read once ({warm:.1f} s, OS cache warm for all steps; nothing "
-        f"dropped), one warm-up Ray task per CPU",
+        f"dropped); Ray workers started and the engine imported in them by warm-up tasks",
         flush=True,
     )
 
@@ -688,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`, "
                 "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0",
                 "- Cache: every file read once before the first step (warm OS cache for all "
-                "steps, nothing dropped); one warm-up Ray task per CPU; each step run once",
+                "steps, nothing dropped); Ray workers warmed up by no-op tasks; each step run "
+                "once, starting when every Ray CPU is free",
                 f"- Load average (1 min) at the start and the end: {load[0]:.2f}, "
                 f"{os.getloadavg()[0]:.2f} (a busy machine slows every step)",
                 "",

@@ -415,8 +415,8 @@ def read_dataset(source: Source, columns: Sequence[str] | None = None):
     cols = list(columns) if columns is not None else None
     fs = source.filesystem
     if source.format == "parquet":
-        return ray.data.read_parquet(files, filesystem=fs, columns=cols)
-    if source.format == "csv":
+        ds = ray.data.read_parquet(files, filesystem=fs)
+    elif source.format == "csv":
         ds = ray.data.read_csv(files, filesystem=fs)
     else:
         ds = ray.data.read_json(files, filesystem=fs)  # pyarrow reads newline-delimited JSON

@@ -72,12 +72,14 @@ class Summary:
         return self
 
 
-def _not_finite(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A boolean mask: null, NaN or ±inf."""
+def _not_finite(col: pa.ChunkedArray | pa.Array) -> np.ndarray | None:
+    """A boolean mask of null, NaN or ±inf values; None when every value is finite."""
     if pa.types.is_integer(col.type):
-        return pc.is_null(col).to_numpy(zero_copy_only=False)
-    ok = pc.is_finite(col)
-    return pc.fill_null(pc.invert(ok), True).to_numpy(zero_copy_only=False)
+        return pc.is_null(col).to_numpy(zero_copy_only=False) if col.null_count else None
+    ok = pc.fill_null(pc.is_finite(col), False)
+    if pc.all(ok).as_py() is not False:
+        return None
+    return pc.invert(ok).to_numpy(zero_copy_only=False)
 
 
 def summarize(table: pa.Table, cols: Columns, where: str = "") -> Summary:
@@ -100,7 +102,7 @@ def summarize(table: pa.Table, cols: Columns, where: str = "") -> Summary:
     bad = np.zeros(table.num_rows, dtype=bool)
     for c in cols.features:
         mask = _not_finite(table[c])
-        if mask.any():
+        if mask is not None:
             s.bad_values[c] += int(mask.sum())
             bad |= mask
     if cols.vector:
@@ -115,7 +117,7 @@ def summarize(table: pa.Table, cols: Columns, where: str = "") -> Summary:
             s.vector_lengths |= {mm["min"].as_py(), mm["max"].as_py()}
         flat = pc.list_flatten(vec)
         vmask = _not_finite(flat)
-        if vmask.any():
+        if vmask is not None:
             s.bad_values[cols.vector] += int(vmask.sum())
             parents = pc.list_parent_indices(vec).to_numpy(zero_copy_only=False)
             bad[np.unique(parents[vmask])] = True

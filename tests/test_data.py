@@ -73,6 +73,9 @@ def test_csv_and_jsonl_read_alike(ray_local, tmp_path):
         assert res.stats.label_map.labels == ("a", "b", "c")
         assert res.stats.counts == (1, 2, 1)
         assert read_dataset(resolve_source(str(tmp_path / name))).count() == 4
+    pq.write_table(table, tmp_path / "d.parquet")
+    ds = read_dataset(resolve_source(str(tmp_path / "d.parquet")), columns=["text"])
+    assert ds.schema().names == ["text"] and ds.count() == 4
 
 
 # --------------------------------------------------------------------------------------------
