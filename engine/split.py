@@ -192,7 +192,7 @@ class _SplitWriters:
         if not table.schema.equals(self.schema):
             try:
                 table = table.select(self.schema.names).cast(self.schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError, ValueError) as e:
+            except (pa.ArrowException, KeyError, ValueError) as e:
                 raise ValueError(
                     f"{where} disagrees with the first file on the schema, and cannot be cast "
                     f"to it ({e}); the first file has: "

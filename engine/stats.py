@@ -299,10 +299,6 @@ def compute_stats(source: Source, data: DataSpec, spec: StatsSpec | None = None)
     return StatsResult(stats, summary, cols, schema, warnings)
 
 
-def tiny_classes(stats: ClassStats, below: int = 3) -> list[str]:
-    return [k for k, n in zip(stats.label_map.keys, stats.counts) if n < below]
-
-
 # --------------------------------------------------------------------------------------------
 # plot
 

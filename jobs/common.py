@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 from rich.console import Console
 
@@ -80,7 +79,3 @@ def run_main(fn, argv: list[str] | None) -> int:
         err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
         return 2
     return 0
-
-
-def exit_with(code: int) -> None:
-    sys.exit(code)
