@@ -16,6 +16,7 @@ from jobs.common import run_main
 COMMANDS = {
     "stats": ("jobs.stats", "class statistics of a dataset"),
     "prepare": ("jobs.prepare", "statistics + exact stratified splits into the run directory"),
+    "train": ("jobs.train", "fine-tune on Ray Train (prepare first when needed)"),
     "datasets": ("jobs.datasets", "write a real imbalanced dataset as Parquet"),
 }
 

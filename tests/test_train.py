@@ -1,0 +1,122 @@
+"""Training end to end on real Ray Train (2 CPUs): MLP on digits-LT, tiny BERT on TREC-6,
+both sampler paths, 2 workers, a worker that dies mid-epoch, and the exported best model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.config import load_spec
+from engine.models import load_model
+from engine.prepare import prepare
+from engine.train import fit
+from jobs import cli
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "digits"
+    assert cli.main(["datasets", "make", "digits_lt10", "--out", str(out)]) == 0
+    return out
+
+
+def _spec(digits, run_dir, *extra):
+    return load_spec(
+        ROOT / "jobs/configs/digits_lt100.yaml",
+        [
+            f"data.path={digits}",
+            f"run_dir={run_dir}",
+            "model.kind=mlp",
+            "model.hidden=[64]",
+            "train.lr=0.003",
+            "train.batch_size=32",
+            "train.epochs=3",
+            *extra,
+        ],
+    )
+
+
+def _check_run(result, epochs: int):
+    history = json.loads(Path(result.run_dir, "train", "metrics.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(epochs))
+    for row in history:
+        assert {"train_loss", "val_macro_f1", "val_balanced_accuracy", "val_recall"} <= set(row)
+    model, lm = load_model(result.best_dir)
+    assert len(lm) == 10
+    return history, model
+
+
+@pytest.mark.slow
+def test_mlp_two_workers_balanced_map_sampler_learns(ray_local, digits, tmp_path):
+    spec = _spec(
+        digits,
+        tmp_path / "run",
+        "train.num_workers=2",
+        "sampler.kind=balanced",
+        "loss.name=logit_adjusted",
+        "train.epochs=4",
+    )
+    prepare(spec)
+    result = fit(spec)
+    history, model = _check_run(result, 4)
+    assert history[-1]["val_macro_f1"] > 0.6  # 10 digit classes: chance is 0.1
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    best = max(row["val_macro_f1"] for row in history)
+    assert result.best["val_macro_f1"] == pytest.approx(best)
+    with pytest.raises(ValueError, match="holds a finished training run"):
+        fit(spec)
+
+
+@pytest.mark.slow
+def test_stream_mode_with_class_balanced_focal(ray_local, digits, tmp_path):
+    spec = _spec(
+        digits,
+        tmp_path / "run",
+        "sampler.kind=balanced",
+        "sampler.mode=stream",
+        "loss.name=class_balanced",
+        "loss.base=focal",
+        "train.epochs=2",
+    )
+    prepare(spec)
+    history, _ = _check_run(fit(spec), 2)
+    assert all(row["steps"] > 0 for row in history)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local, digits, tmp_path):
+    spec = _spec(digits, tmp_path / "run", "train.num_workers=2", "train.max_failures=1")
+    prepare(spec)
+    marker = tmp_path / "died"
+    result = fit(spec, fault={"epoch": 1, "step": 3, "rank": 1, "marker": str(marker)})
+    assert marker.exists()  # the worker really exited once
+    history, model = _check_run(result, 3)
+    x = torch.randn(2, 64)
+    model.eval()
+    assert model(x).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_train_command_prepares_then_fine_tunes_a_transformer(ray_local, tmp_path, capsys):
+    data = tmp_path / "trec6"
+    assert cli.main(["datasets", "make", "trec6", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    args = ["train", "--set", f"data.path={data}", "--set", "data.text=text"]
+    args += ["--set", f"run_dir={run}", "--set", "model.path=tiny", "--set", "model.max_length=24"]
+    args += ["--set", "train.epochs=2", "--set", "train.lr=0.001", "--set", "loss.name=focal"]
+    args += ["--set", "loss.weights=inverse_sqrt", "--set", "train.batch_size=64"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "running prepare first" in out and str(run / "train" / "best") in out
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "train" / "best")
+    tok = AutoTokenizer.from_pretrained(run / "train" / "best")
+    assert model.config.num_labels == 6 and "ABBR" in model.config.label2id
+    enc = tok(["What is the capital of France ?"], return_tensors="pt")
+    assert model(**enc).logits.shape == (1, 6)
