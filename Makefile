@@ -22,6 +22,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/raybalance datasets make trec50 --out data/trec50
 	$(BIN)/raybalance prepare jobs/configs/trec50.yaml --overwrite
+	$(BIN)/raybalance datasets make digits_lt100 --out data/digits_lt100
+	$(BIN)/raybalance train jobs/configs/digits_lt100.yaml --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

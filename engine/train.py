@@ -319,7 +319,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 loader.sampler.set_epoch(epoch)
             batches = loader
         model.train()
-        t0, seen, loss_sum, n_steps = time.perf_counter(), 0, 0.0, 0
+        t0, seen, n_steps = time.perf_counter(), 0, 0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         optimizer.zero_grad(set_to_none=True)
         for step, raw in enumerate(batches):
             if (
@@ -343,7 +344,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss) * train.grad_accum
+            loss_sum += loss.detach() * train.grad_accum
             seen += len(batch["label"])
             n_steps += 1
         if n_steps % train.grad_accum:
@@ -355,7 +356,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - t0
         row: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": loss_sum / max(n_steps, 1),
+            "train_loss": float(loss_sum) / max(n_steps, 1),
             "steps": n_steps,
             "samples_per_s": seen * world / max(elapsed, 1e-9),
             "lr": scheduler.get_last_lr()[0],
@@ -406,14 +407,15 @@ class TrainResult:
     best: dict[str, Any]
 
 
-def _cpus_per_worker(train: TrainSpec) -> float:
-    """Leave one CPU for Ray Data's read tasks: workers share the rest (at most 1 + ...)."""
+def _cpus_per_worker(train: TrainSpec, streaming: bool) -> float:
+    """Workers share the cluster's CPUs; when they stream from Ray Data, one CPU is left for
+    its read and preprocessing tasks (without it, 2 workers on 2 CPUs deadlock)."""
     import ray
 
     if train.cpus_per_worker is not None:
         return train.cpus_per_worker
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    share = (cpus - 1) / train.num_workers
+    share = (cpus - (1 if streaming else 0)) / train.num_workers
     return float(max(0.25, min(share, 8.0))) if share > 0 else 0.25
 
 
@@ -443,6 +445,15 @@ def fit(
     manifest = read_manifest(join(run_dir, "splits"))
     if manifest is None:
         raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
+    owner = read_json(join(run_dir, "run.json"))
+    stale = [
+        s for s in ("data", "stats", "split") if owner["spec"].get(s) != asdict(getattr(spec, s))
+    ]
+    if stale:
+        raise ValueError(
+            f"the splits in {run_dir} were prepared with another {', '.join(stale)} spec; run "
+            "`raybalance prepare --overwrite` with this spec first, or use another run_dir"
+        )
     label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
     out = join(run_dir, TRAIN_DIR)
     if os.path.exists(join(out, "metrics.json")):
@@ -491,7 +502,9 @@ def fit(
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers,
             use_gpu=spec.train.use_gpu,
-            resources_per_worker={"CPU": _cpus_per_worker(spec.train)},
+            resources_per_worker={
+                "CPU": _cpus_per_worker(spec.train, spec.sampler.mode == "stream")
+            },
         ),
         run_config=RunConfig(
             name="fit",

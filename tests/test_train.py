@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.config import load_spec
+from engine.evaluate import evaluate_split
 from engine.models import load_model
 from engine.prepare import prepare
 from engine.train import fit
@@ -68,8 +69,13 @@ def test_mlp_two_workers_balanced_map_sampler_learns(ray_local, digits, tmp_path
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     best = max(row["val_macro_f1"] for row in history)
     assert result.best["val_macro_f1"] == pytest.approx(best)
+    m = evaluate_split(spec, result.best_dir, "test")
+    assert 0.3 < m["macro_f1"] <= 1 and len(m["tail"]) == 3 and 0 <= m["tail_recall"] <= 1
     with pytest.raises(ValueError, match="holds a finished training run"):
         fit(spec)
+    other = _spec(digits, tmp_path / "run", "split.seed=5")
+    with pytest.raises(ValueError, match="prepared with another split spec"):
+        fit(other, overwrite=True)
 
 
 @pytest.mark.slow
