@@ -327,7 +327,7 @@ def probe_worker(spec, storage: Path) -> dict[str, Any]:
 
     from engine.train import _cpus_per_worker
 
-    cpus = _cpus_per_worker(spec.train)
+    cpus = _cpus_per_worker(spec.train, spec.sampler.mode == "stream")
     out = storage / "probe.json"
 
     def loop(config: dict) -> None:
@@ -871,7 +871,7 @@ def run_training(args: argparse.Namespace, device: torch.device) -> tuple[str, s
     gpus = ray.cluster_resources().get("GPU", 0)
     for w in args.workers:
         spec_w = with_workers(spec, w)
-        cpus = _cpus_per_worker(spec_w.train)
+        cpus = _cpus_per_worker(spec_w.train, spec_w.sampler.mode == "stream")
         run = Run(f"engine `fit`, {args.sampler} sampler, {w} worker{'s' * (w > 1)}", w, 0)
         run.threads = ray_omp_threads(cpus) if w != 1 else threads
         run.notes.append(f"{cpus:g} CPU per worker")
