@@ -400,8 +400,8 @@ def _world() -> tuple[int, int]:
 
         ctx = ray.train.get_context()
         return int(ctx.get_world_size()), int(ctx.get_world_rank())
-    except (RuntimeError, DeprecationWarning):  # not a Ray Train worker
-        pass
+    except (RuntimeError, DeprecationWarning):  # not a Ray Train worker: fall back below
+        ctx = None
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
