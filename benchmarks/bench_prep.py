@@ -74,6 +74,7 @@ import pyarrow.parquet as pq
 
 from engine.config import DataSpec, SplitSpec
 from engine.data import LabelMap, label_kind, read_schema, resolve_columns, resolve_source
+from engine.io import write_bytes_atomic
 from engine.split import MANIFEST, SPLITS, row_keys, split_counts
 
 CLASSES = 10
@@ -508,15 +509,7 @@ def update_results(path: Path, rows: int, body: str) -> None:
     if after:
         parts.append("\n".join(after).strip())
     out = "\n\n".join(p for p in parts if p) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, out.encode())
 
 
 # --------------------------------------------------------------------------------------------

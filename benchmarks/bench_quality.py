@@ -187,9 +187,9 @@ def write_section(path: Path, dataset: str, text: str) -> None:
     else:
         section = section.rstrip("\n") + "\n\n" + text
     new = old[:start] + section.rstrip("\n") + "\n" + (old[nxt:] if nxt >= 0 else "")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    from engine.io import write_bytes_atomic
+
+    write_bytes_atomic(path, new.encode())
 
 
 if __name__ == "__main__":

@@ -377,28 +377,16 @@ def _sync(device: torch.device) -> None:
 
 def plain_loop(spec, data: TrainData, threads: int, device: torch.device) -> list[dict[str, Any]]:
     """One process, tensors in memory: the engine's per-step work without the engine."""
-    from engine.losses import build_loss
     from engine.models import build_model, logits_of
-    from engine.train import _lr_lambda
+    from engine.train import _lr_lambda, loss_from_spec
 
     train, loss_spec = spec.train, spec.loss
     torch.set_num_threads(threads)
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)
     model = build_model(spec.model, data.label_map, data.input_dim).to(device)
-    loss_fn = build_loss(
-        loss_spec.name,
-        data.counts.tolist(),
-        weights=data.loss_weights,
-        gamma=loss_spec.gamma,
-        beta=loss_spec.beta,
-        tau=loss_spec.tau,
-        base=loss_spec.base,
-        max_margin=loss_spec.max_margin,
-        scale=loss_spec.scale,
-        drw_epoch=loss_spec.drw_epoch,
-        epochs=train.epochs,
-    ).to(device)
+    loss_fn = loss_from_spec(loss_spec, data.counts.tolist(), data.loss_weights, train.epochs)
+    loss_fn = loss_fn.to(device)
     tensors: dict[str, torch.Tensor] = {}
     for k, v in data.arrays.items():
         t = torch.as_tensor(np.ascontiguousarray(v))
@@ -765,6 +753,8 @@ def section_intro() -> str:
 
 def update_results(path: Path, heading: str, body: str) -> None:
     """Put ``body`` under ``heading`` (a ``### `` line) in the section, keeping everything else."""
+    from engine.io import write_bytes_atomic
+
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
@@ -800,15 +790,7 @@ def update_results(path: Path, heading: str, body: str) -> None:
     if after:
         out_parts.append("\n".join(after).strip())
     out = "\n\n".join(p for p in out_parts if p) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(out)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, out.encode())
 
 
 # --------------------------------------------------------------------------------------------

@@ -179,6 +179,25 @@ def _class_weights(loss: LossSpec, stats: StatsSpec, counts: np.ndarray, keys: l
     return [float(loss.weights[k]) for k in keys]
 
 
+def loss_from_spec(spec: LossSpec, counts: list[int], weights: list[float] | None, epochs: int):
+    """The loss module of ``spec`` for these training counts and resolved class weights."""
+    from engine.losses import build_loss
+
+    return build_loss(
+        spec.name,
+        counts,
+        weights=weights,
+        gamma=spec.gamma,
+        beta=spec.beta,
+        tau=spec.tau,
+        base=spec.base,
+        max_margin=spec.max_margin,
+        scale=spec.scale,
+        drw_epoch=spec.drw_epoch,
+        epochs=epochs,
+    )
+
+
 def _evaluate(model, arrays: dict[str, np.ndarray], batch_size: int, device) -> tuple[dict, float]:
     model.eval()
     probs, losses = [], []
@@ -212,7 +231,6 @@ def _worker_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from engine.losses import build_loss
     from engine.sampling import StreamBalancer, balanced_loader
 
     train = build_section(TrainSpec, config["train"])
@@ -231,19 +249,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     core = getattr(model, "module", model)
     weights = config["loss_weights"]
-    loss_fn = build_loss(
-        loss_spec.name,
-        counts.tolist(),
-        weights=weights,
-        gamma=loss_spec.gamma,
-        beta=loss_spec.beta,
-        tau=loss_spec.tau,
-        base=loss_spec.base,
-        max_margin=loss_spec.max_margin,
-        scale=loss_spec.scale,
-        drw_epoch=loss_spec.drw_epoch,
-        epochs=train.epochs,
-    ).to(device)
+    loss_fn = loss_from_spec(loss_spec, counts.tolist(), weights, train.epochs).to(device)
 
     # batches per epoch, equal on every worker (DDP needs equal step counts)
     n_train = int(counts.sum())
