@@ -138,19 +138,53 @@ class ResampleSpec:
     sampling_strategy: Any = "auto"
     k_neighbors: int = 5
     seed: int = 0
+    # SMOTE family: a class with more rows than this is split by a seeded key into partitions
+    # of at most this many rows, and neighbours are searched inside each partition.
+    knn_max_rows: int = 1_000_000
 
     def __post_init__(self) -> None:
         _require(self.k_neighbors >= 1, "k_neighbors", f"must be >= 1, got {self.k_neighbors}")
+        _require(self.knn_max_rows >= 2, "knn_max_rows", f"must be >= 2, got {self.knn_max_rows}")
+        if callable(self.sampling_strategy):
+            return
+        if not isinstance(self.sampling_strategy, (str, int, float, dict)) or isinstance(
+            self.sampling_strategy, bool
+        ):
+            _require(
+                False,
+                "sampling_strategy",
+                f"must be a string, a float, a mapping or a callable, got "
+                f"{type(self.sampling_strategy).__name__} {self.sampling_strategy!r}",
+            )
 
 
 @dataclass(frozen=True)
 class EmbedSpec:
+    """A frozen encoder that turns a text column into a feature column (``engine.embed``).
+
+    ``model``: ``minilm`` (the offline all-MiniLM-L6-v2), ``tiny`` (a seeded random-init BERT,
+    for tests) or a Hugging Face model folder. Token vectors are mean-pooled over the attention
+    mask and, with ``normalize``, scaled to unit L2 norm. ``actors``: the size of the encoder
+    pool (default: one per GPU, else half the CPUs).
+    """
+
     model: str = "minilm"
     column: str = "embedding"
     batch_size: int = 64
+    max_length: int = 128
+    normalize: bool = True
+    actors: int | None = None
 
     def __post_init__(self) -> None:
+        _require(bool(self.model), "model", "must be 'minilm', 'tiny' or a model folder")
+        _require(bool(self.column), "column", "must name the output column")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.max_length >= 2, "max_length", f"must be >= 2, got {self.max_length}")
+        _require(
+            self.actors is None or self.actors >= 1,
+            "actors",
+            f"must be >= 1 or null (derived from the cluster), got {self.actors}",
+        )
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,15 @@ def predict_proba(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_s
 
 
 def evaluate_split(spec: JobSpec, model_dir: str, split: str = "test") -> dict[str, Any]:
-    """Metrics of the model in ``model_dir`` on ``RUN_DIR/splits/<split>``, by label key."""
+    """Metrics of the model in ``model_dir`` on the run's ``<split>`` (embedded when the run
+    embeds its text), by label key."""
+    from engine.prepare import model_data, split_dir
     from engine.train import _materialize, preprocess
 
     run_dir = spec.run_dir
     model, label_map = load_model(model_dir)
-    source = resolve_source(join(run_dir, "splits", split))
-    cols = resolve_columns(read_schema(source), spec.data, where=source.files[0])
+    source = resolve_source(split_dir(run_dir, split))
+    cols = resolve_columns(read_schema(source), model_data(spec), where=source.files[0])
     arrays = _materialize(preprocess(read_dataset(source), cols, spec.model, label_map))
     m = classification_metrics(arrays["label"], predict_proba(model, arrays))
     keys = label_map.keys

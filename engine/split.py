@@ -93,13 +93,17 @@ def bucket_bits(num_classes: int) -> int:
     return int(min(16, max(4, math.floor(math.log2((1 << 22) / max(num_classes, 1))))))
 
 
-def row_keys(table: pa.Table, cols: Columns, seed: int) -> np.ndarray:
-    """The split key of every row: from the id column, or from the whole row's content."""
-    identity = row_hash(table, [cols.id]) if cols.id else row_hash(table, cols.all)
-    return seeded(identity, seed, "split")
+def row_identity(table: pa.Table, cols: Columns) -> np.ndarray:
+    """The identity of every row: the hash of the id column, or of the row's input columns."""
+    return row_hash(table, [cols.id]) if cols.id else row_hash(table, cols.all)
 
 
-def _batches(
+def row_keys(table: pa.Table, cols: Columns, seed: int, stream: str = "split") -> np.ndarray:
+    """The rank key of every row for a pass (``stream``): uniform, from (seed, row identity)."""
+    return seeded(row_identity(table, cols), seed, stream)
+
+
+def class_batches(
     source: Source,
     frag: Fragment,
     cols: Columns,
@@ -116,15 +120,23 @@ def _batches(
         yield table, lm.encode(table[cols.label])
 
 
-def _histogram_task(
-    source: Source, frags: list[Fragment], cols: Columns, schema, lm: LabelMap, seed: int, bits: int
+def histogram_task(
+    source: Source,
+    frags: list[Fragment],
+    cols: Columns,
+    schema,
+    lm: LabelMap,
+    seed: int,
+    bits: int,
+    stream: str = "split",
 ) -> np.ndarray:
+    """Per class, the number of rows whose key falls in each of 2^bits buckets (flattened)."""
     hist = np.zeros(len(lm) << bits, dtype=np.int64)
     for frag in frags:
         # With an id column the keys need only the label and the id.
         needed = [cols.label, cols.id] if cols.id else None
-        for table, cls in _batches(source, frag, cols, schema, lm, needed):
-            bucket = (row_keys(table, cols, seed) >> np.uint64(64 - bits)).astype(np.int64)
+        for table, cls in class_batches(source, frag, cols, schema, lm, needed):
+            bucket = (row_keys(table, cols, seed, stream) >> np.uint64(64 - bits)).astype(np.int64)
             hist += np.bincount((cls << bits) | bucket, minlength=len(hist))
     return hist
 
@@ -165,13 +177,13 @@ def find_cuts(hist: np.ndarray, counts: np.ndarray, bits: int) -> Cuts:
 # writing
 
 
-def _task_name(frags: list[Fragment]) -> str:
+def task_name(frags: list[Fragment]) -> str:
     """A file name that depends only on the task's input, so a retried task overwrites."""
     text = "\n".join(f"{f.path}:{f.row_groups}" for f in frags)
     return "part-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-class _SplitWriters:
+class SplitWriters:
     """One streaming Parquet writer per split, each to a temporary name renamed on close.
 
     Rows are buffered up to ``ROW_GROUP_ROWS`` per split so that files get full row groups
@@ -179,12 +191,20 @@ class _SplitWriters:
     trying it on free text and float features costs most of the write time and saves nothing.
     """
 
-    def __init__(self, fs, out_dir: str, name: str, schema: pa.Schema, label: str):
+    def __init__(
+        self,
+        fs,
+        out_dir: str,
+        name: str,
+        schema: pa.Schema,
+        label: str,
+        splits: tuple[str, ...] = SPLITS,
+    ):
         self.fs, self.out_dir, self.name, self.schema = fs, out_dir, name, schema
-        self.label = label
+        self.label, self.splits = label, splits
         self.writers: dict[str, pq.ParquetWriter] = {}
-        self.buffers: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
-        self.buffered: dict[str, int] = dict.fromkeys(SPLITS, 0)
+        self.buffers: dict[str, list[pa.Table]] = {s: [] for s in splits}
+        self.buffered: dict[str, int] = dict.fromkeys(splits, 0)
 
     def write(self, split: str, table: pa.Table, where: str) -> None:
         if table.num_rows == 0:
@@ -216,7 +236,7 @@ class _SplitWriters:
         self.buffers[split], self.buffered[split] = [], 0
 
     def close(self) -> None:
-        for split in SPLITS:
+        for split in self.splits:
             self._flush(split)
         for split, w in self.writers.items():
             w.close()
@@ -226,7 +246,7 @@ class _SplitWriters:
             )
 
 
-def _assign(cls: np.ndarray, keys: np.ndarray, cuts: Cuts) -> tuple[np.ndarray, np.ndarray]:
+def assign(cls: np.ndarray, keys: np.ndarray, cuts: Cuts) -> tuple[np.ndarray, np.ndarray]:
     """Split index (0 train, 1 val, 2 test) per row, and a mask of rows left for the driver."""
     bucket = (keys >> np.uint64(64 - cuts.bits)).astype(np.int64)
     split = (bucket >= cuts.above[cls, 0]).astype(np.int8) + (bucket >= cuts.above[cls, 1])
@@ -246,13 +266,13 @@ def _write_task(
     out_dir: str,
     out_schema: pa.Schema,
 ) -> tuple[np.ndarray, pa.Table | None]:
-    writers = _SplitWriters(fs, out_dir, _task_name(frags), out_schema, cols.label)
+    writers = SplitWriters(fs, out_dir, task_name(frags), out_schema, cols.label)
     written = np.zeros((3, len(lm)), dtype=np.int64)
     pending: list[pa.Table] = []
     for frag in frags:
-        for table, cls in _batches(source, frag, cols, schema, lm):
+        for table, cls in class_batches(source, frag, cols, schema, lm):
             keys = row_keys(table, cols, seed)
-            split, pend = _assign(cls, keys, cuts)
+            split, pend = assign(cls, keys, cuts)
             if pend.any():
                 extra = {"__cls": cls[pend], "__key": keys[pend]}
                 pt = table.filter(pa.array(pend))
@@ -268,7 +288,7 @@ def _write_task(
     return written, (pa.concat_tables(pending, promote_options="permissive") if pending else None)
 
 
-def _resolve_pending(pending: pa.Table, cuts: Cuts) -> np.ndarray:
+def resolve_pending(pending: pa.Table, cuts: Cuts) -> np.ndarray:
     """Split index of each pending row: exact ranks inside its cut bucket."""
     cls = pending["__cls"].to_numpy()
     keys = pending["__key"].to_numpy()
@@ -340,7 +360,7 @@ def split(
     target = np.array([split_counts(int(x), spec.val, spec.test) for x in n], dtype=np.int64)
     bits = bucket_bits(len(label_map))
     hist_task = functools.partial(
-        _histogram_task, cols=cols, schema=read_schema, lm=label_map, seed=spec.seed, bits=bits
+        histogram_task, cols=cols, schema=read_schema, lm=label_map, seed=spec.seed, bits=bits
     )
     hist = sum(run_fragments(source, hist_task, description="split: key histogram"))
     if not np.array_equal(hist.reshape(len(n), -1).sum(axis=1), n):
@@ -373,7 +393,7 @@ def split(
         if pend_tables:
             pending = pa.concat_tables(pend_tables, promote_options="permissive")
             pending_rows = pending.num_rows
-            which = _resolve_pending(pending, cuts)
+            which = resolve_pending(pending, cuts)
             cls = pending["__cls"].to_numpy()
             body = pending.drop_columns(["__cls", "__key"]).select(schema.names).cast(schema)
             for s, name in enumerate(SPLITS):

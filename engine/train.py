@@ -51,6 +51,7 @@ from engine.data import (
 from engine.io import join, read_json
 from engine.metrics import classification_metrics
 from engine.models import build_model, feature_matrix, load_tokenizer, logits_of, save_model
+from engine.prepare import PREPARE_SECTIONS, model_data, split_dir
 from engine.split import read_manifest
 
 log = logging.getLogger("raybalance")
@@ -433,7 +434,7 @@ def train_source(run_dir: str, keys: list[str], manifest: dict[str, Any]):
         counts = read_json(join(resampled, "stats.json"))["counts"]
         return resolve_source(join(resampled, "train")), np.array([counts[k] for k in keys])
     counts = manifest["counts"]["train"]
-    return resolve_source(join(run_dir, "splits", "train")), np.array([counts[k] for k in keys])
+    return resolve_source(split_dir(run_dir, "train")), np.array([counts[k] for k in keys])
 
 
 def fit(
@@ -452,9 +453,7 @@ def fit(
     if manifest is None:
         raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
     owner = read_json(join(run_dir, "run.json"))
-    stale = [
-        s for s in ("data", "stats", "split") if owner["spec"].get(s) != asdict(getattr(spec, s))
-    ]
+    stale = [s for s in PREPARE_SECTIONS if owner["spec"].get(s) != asdict(getattr(spec, s))]
     if stale:
         raise ValueError(
             f"the splits in {run_dir} were prepared with another {', '.join(stale)} spec; run "
@@ -469,7 +468,7 @@ def fit(
             )
         shutil.rmtree(out)
 
-    data: DataSpec = spec.data
+    data: DataSpec = model_data(spec)
     keys = label_map.keys
     source, counts = train_source(run_dir, keys, manifest)
     cols = resolve_columns(read_schema(source), data, where=source.files[0])
@@ -479,7 +478,7 @@ def fit(
         )
 
     train_ds = preprocess(read_dataset(source), cols, spec.model, label_map)
-    val_source = resolve_source(join(run_dir, "splits", "val"))
+    val_source = resolve_source(split_dir(run_dir, "val"))
     val_ds = preprocess(read_dataset(val_source), cols, spec.model, label_map)
     val_arrays = _materialize(val_ds)
     input_dim = int(val_arrays["features"].shape[1]) if spec.model.kind == "mlp" else None

@@ -1,4 +1,4 @@
-"""Statistics and exact stratified splits into the run directory.
+"""Statistics, exact stratified splits, embeddings and resampling into the run directory.
 
 python -m jobs.prepare --config jobs/configs/trec50.yaml [--set split.seed=1] [--address ...]
 raybalance prepare jobs/configs/trec50.yaml
@@ -32,12 +32,19 @@ def main(argv: list[str] | None = None) -> None:
         title=f"{spec.name}: {stats.rows} rows, {len(stats.counts)} classes, "
         f"imbalance ratio {stats.imbalance_ratio:.3g}"
     )
-    for col in ("class", "rows", "train", "val", "test"):
+    resampled = result.resampled
+    columns = ["class", "rows", "train", "val", "test"]
+    if resampled is not None:
+        columns.append(f"train after {resampled.method}")
+    for col in columns:
         table.add_column(col, justify="left" if col == "class" else "right", no_wrap=col == "class")
     order = sorted(range(len(stats.counts)), key=lambda i: -stats.counts[i])
     for i in order:
         key = stats.label_map.keys[i]
-        table.add_row(key, str(stats.counts[i]), *(str(splits[s][key]) for s in splits))
+        row = [key, str(stats.counts[i]), *(str(splits[s][key]) for s in splits)]
+        if resampled is not None:
+            row.append(str(resampled.after[key]))
+        table.add_row(*row)
     console.print(table)
     for name, path in result.artifacts.items():
         console.print(f"{name:>10}: {path}")
