@@ -198,15 +198,18 @@ def resolve_columns(schema: pa.Schema, spec: DataSpec, where: str = "") -> Colum
         text = spec.text
     features: tuple[str, ...] = ()
     vector = None
-    if isinstance(spec.features, str):
-        ft = need(spec.features, "data.features")
+    one = spec.features
+    if isinstance(one, (list, tuple)) and len(one) == 1:
+        one = one[0]  # [col] is the same as col: a numeric column or one list column
+    if isinstance(one, str):
+        ft = need(one, "data.features")
         if (pa.types.is_fixed_size_list(ft) or pa.types.is_list(ft)) and _numeric(ft.value_type):
-            vector = spec.features
+            vector = one
         elif _numeric(ft):
-            features = (spec.features,)
+            features = (one,)
         else:
             raise ValueError(
-                f"data.features {spec.features!r} has type {ft}; one feature column must be a "
+                f"data.features {one!r} has type {ft}; one feature column must be a "
                 "(fixed-size) list of numbers, or give a list of numeric columns"
             )
     elif spec.features is not None:

@@ -272,3 +272,94 @@ def test_rerun_replaces_atomically(tmp_path):
     assert _read(b.path).num_rows == n1  # replaced, not appended
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no temporary folder left
     assert {"train", "_resample.json", "stats.json"} <= set(os.listdir(out))
+
+
+# --------------------------------------------------------------------------------------------
+# the SMOTE family through the stage
+
+
+def _clustered(n0=1500, n1=120, n2=40, seed=0) -> pa.Table:
+    """Three classes in 2-D: a big one, and two small ones next to / inside it (borderline)."""
+    rng = np.random.default_rng(seed)
+    x = np.r_[
+        rng.normal(0, 1, (n0, 2)), rng.normal([2.5, 0], 0.7, (n1, 2)), rng.normal(1, 0.5, (n2, 2))
+    ]
+    labels = np.r_[np.zeros(n0), np.ones(n1), np.full(n2, 2)].astype(np.int64)
+    n = len(labels)
+    return pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "label": labels,
+            "x0": x[:, 0],
+            "x1": x[:, 1].astype(np.float32),
+            "note": [f"r{i}" for i in range(n)],
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["smote", "borderline1", "borderline2", "adasyn"])
+def test_smote_family_through_the_stage(tmp_path, method):
+    table = _clustered()
+    spec = ResampleSpec(method=method, sampling_strategy="auto", k_neighbors=5, seed=2)
+    outs = []
+    for i, (files, rg, shuffle) in enumerate([(1, 1 << 20, None), (3, 200, 4)]):
+        source, cols, lm, counts, schema = _setup(tmp_path, table, files, rg, shuffle, name=f"i{i}")
+        res = resample(source, cols, lm, counts, spec, str(tmp_path / f"o{i}"), schema)
+        outs.append(_canonical(res.path))
+    out = outs[0]
+    assert outs[0].equals(outs[1])  # the same whatever the layout
+    assert dict(Counter(out["label"].to_pylist())) == {0: 1500, 1: 1500, 2: 1500}
+    orig = out.filter(pc.invert(out["synthetic"]))
+    syn = out.filter(out["synthetic"])
+    assert sorted(orig["id"].to_pylist()) == list(range(table.num_rows))  # originals kept once
+    assert syn.num_rows == 1500 * 2 - 160
+    assert syn["id"].null_count == syn.num_rows and syn["note"].null_count == syn.num_rows
+    assert len(set(out["sample_id"].to_pylist())) == out.num_rows
+    # each synthetic point lies on a segment from its seed row (source_id) to a row of its
+    # class (borderline2 may step halfway toward another class's row)
+    ident = _identity(table, True)
+    feats = np.c_[table["x0"].to_numpy(), table["x1"].to_numpy().astype(np.float64)]
+    labels = table["label"].to_numpy()
+    by_id = {int(h): i for i, h in enumerate(ident)}
+    sx = np.c_[syn["x0"].to_numpy(), syn["x1"].to_numpy().astype(np.float64)]
+    for j, (src, lab) in enumerate(zip(syn["source_id"].to_pylist(), syn["label"].to_pylist())):
+        i = by_id[src]
+        assert labels[i] == lab
+        d = sx[j] - feats[i]
+        pool = feats if method == "borderline2" else feats[labels == lab]
+        e = pool - feats[i]
+        # some row r with sx = x_i + t (x_r - x_i), t in [0, 1]
+        cross = np.abs(d[0] * e[:, 1] - d[1] * e[:, 0])
+        t = (e @ d) / np.maximum((e * e).sum(1), 1e-12)
+        on = (cross < 1e-4 * (1 + np.abs(e).sum(1))) & (t >= -1e-6) & (t <= 1 + 1e-6)
+        assert on.any() or np.allclose(d, 0, atol=1e-5), (method, j)
+
+
+def test_smote_on_a_list_column_and_tiny_classes(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 300
+    labels = np.r_[np.zeros(n - 4), [1, 1, 1, 2]].astype(np.int64)
+    vec = rng.standard_normal((n, 8)).astype(np.float32)
+    table = pa.table(
+        {
+            "label": labels,
+            "vec": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), 8),
+        }
+    )
+    folder = write_layout(table, tmp_path / "in", 2, 100)
+    source = resolve_source(folder)
+    schema = read_schema(source)
+    cols = resolve_columns(schema, DataSpec(path=folder, label="label", features=["vec"]))
+    lm = LabelMap.from_values("label", "int", [0, 1, 2])
+    counts = {"0": n - 4, "1": 3, "2": 1}
+    spec = ResampleSpec(method="smote", sampling_strategy={"1": 50, "2": 10}, k_neighbors=5)
+    res = resample(source, cols, lm, counts, spec, str(tmp_path / "out"), schema)
+    out = _read(res.path)
+    assert dict(Counter(out["label"].to_pylist())) == {0: n - 4, 1: 50, 2: 10}
+    assert out.schema.field("vec").type == schema.field("vec").type
+    text = " ".join(res.warnings)
+    assert "'1'" in text or "1" in text  # k lowered for class 1 (3 rows)
+    assert any("random" in w.lower() for w in res.warnings)  # class 2 (1 row) falls back
+    two = out.filter(pc.equal(out["label"], 2))
+    v = np.stack(two["vec"].to_numpy(zero_copy_only=False))
+    assert np.allclose(v, vec[-1])  # copies of its only row
