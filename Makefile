@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean report-screenshot
 
 setup: $(VENV)/.installed
 
@@ -37,3 +37,12 @@ bench: setup
 
 clean:
 	rm -rf runs data .pytest_cache
+
+# Synthetic K=2/12/50 reports rendered by headless Chromium (apt-get install chromium), to look at.
+REPORT_DEMO ?= runs/report-demo
+report-screenshot: setup
+	$(BIN)/python -m tests.test_report $(REPORT_DEMO)
+	for k in 2 12 50; do \
+	  chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,4000 \
+	    --screenshot=$(abspath $(REPORT_DEMO))/k$$k.png file://$(abspath $(REPORT_DEMO))/k$$k/report.html; \
+	done

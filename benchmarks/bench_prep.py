@@ -1,20 +1,26 @@
-"""Data preparation throughput: the engine's stats pass and exact split, against plain pyarrow,
-a single-process reference split and Ray Data's own operators, all on the same Parquet files.
+"""Data preparation throughput: the engine's stats pass, exact split and random resampling,
+against plain pyarrow, single-process references, Ray Data, imbalanced-learn and Spark, all on
+the same Parquet files.
 
     .venv/bin/python benchmarks/bench_prep.py [--rows 20M] [--files N] [--dir DIR] [--seed 0]
-        [--skip-ray-split] [--results benchmarks/RESULTS.md]
+        [--no-prep] [--no-resample] [--methods under,over,combined] [--skip-ray-split]
+        [--skip-reference] [--skip-imblearn] [--imblearn-rows N] [--skip-spark]
+        [--skip-row-hash] [--skip-repeat] [--results benchmarks/RESULTS.md] [--compare-results F]
 
 The data: ``--rows`` rows (20M, 100M, 1e6, ...) of long-tailed labels — 10 classes, class k with
 probability proportional to 100^(-k/9), so the largest class is 100x the smallest — in
 ``--files`` Parquet files (default: one per million rows) written in row groups of 1M rows, with
-columns ``id`` (int64, unique), ``label`` (int64) and ``x0..x3`` (float32). The files are
-generated in chunks (memory stays low) under ``--dir`` (default ``benchmarks/_data/prep-<rows>``)
-and reused when ``_meta.json`` there records the same rows, files, row groups and seed.
+columns ``id`` (int64, unique: 0..rows-1), ``label`` (int64) and ``x0..x3`` (float32). The
+files are generated in chunks (memory stays low) under ``--dir`` (default
+``benchmarks/_data/prep-<rows>``) and reused when ``_meta.json`` there records the same rows,
+files, row groups and seed.
 
 The steps, timed once each after one warm-up read of every file (the OS cache is warm for all
 of them; nothing is dropped) and warm-up Ray tasks (the worker processes exist and have imported
 the engine); each step starts when every Ray CPU is free again. The engine and the references run
-first and Ray Data last (its shuffle actors linger after a run). In the table:
+first and Ray Data last (its shuffle actors linger after a run); imbalanced-learn and Spark run
+after Ray has shut down, so nothing competes with them. Statistics and splits (``--no-prep``
+leaves them out):
 
 - (a) pyarrow: ``dataset(files).to_table(columns=["label"])`` + ``value_counts`` — the physical
   reference for statistics;
@@ -28,25 +34,65 @@ first and Ray Data last (its shuffle actors linger after a run). In the table:
 - (f) Ray Data ``train_test_split(test_size=0.2, stratify="label")``, materialized (a two-way,
   non-exact split; ``--skip-ray-split`` leaves it out; a failure is recorded, not raised).
 
+Resampling (``--no-resample`` leaves it out; ``--methods`` picks among the three), each method
+taking the whole file set to the targets ``engine.strategy.resolve_targets`` gives for its
+strategy (``RESAMPLE`` below: undersample ``{"power": 0.5}``, oversample ``{"power": 0.58}``,
+which takes 20M rows to 29.8M, combined ``{"max_ratio": 10}``):
+
+- (r) reference, one process: pyarrow reads every file, numpy chooses the rows of each class
+  (undersample: ``rng.choice`` without replacement; oversample: every row ``t // n`` times plus
+  ``rng.choice`` of ``t % n`` rows without replacement — exact counts), the chosen row indices
+  are shuffled and the rows taken and written, 1M at a time, into one Parquet file with
+  pyarrow's default writer settings. Timed: read + sample + write;
+- (g) ``engine.resample.resample`` (random_under / random_over / combined), identity from the
+  ``id`` column (``data.id=id``); for the undersample also from the hash of the whole row
+  (``--skip-row-hash`` leaves it out). It writes four traceability columns more than the
+  others (sample_id, source_id, copy_index, synthetic);
+- (h) imbalanced-learn ``RandomUnderSampler`` / ``RandomOverSampler`` (``random_state=0``,
+  ``sampling_strategy`` = a dict of the same targets, the classes that change only; combined =
+  the undersampler then the oversampler) on in-memory arrays X (x0..x3, float32) and y (label,
+  int64): ``fit_resample`` only is timed, no I/O; loading X and y from the files is a separate
+  row. ``--imblearn-rows N`` uses the first N rows only (targets resolved on their counts);
+- (s) Spark on ``local[<num-cpus>]`` (``spark.driver.memory`` ``--spark-memory``, 4g;
+  ``spark.sql.shuffle.partitions`` 2 x CPUs; the session is started and warmed up before the
+  timed region): ``spark.read.parquet(dir)``, undersample ``df.stat.sampleBy("label", fractions,
+  seed)``, oversample and combined a union of per-class ``filter(label == c)`` +
+  ``sample(withReplacement=t > n, fraction=t / n, seed)`` (``sampleBy`` samples without
+  replacement only, so it cannot oversample), written with ``write.parquet``; the rows are not
+  shuffled. Spark's counts are approximate: the table gives the total absolute error against
+  the exact targets and the largest relative error of a class. ``--skip-spark`` leaves it out;
+  a failure is recorded in the table, not raised.
+
 For each step: wall seconds, rows/s, speed relative to its reference (t_ref / t_step: stats steps
-against (a), split steps against (d)), and the resident memory (RSS) summed over this process and
-every process it started (the Ray GCS, raylet, workers), sampled every 0.2 s: the baseline before
-the step and the peak during it. RSS counts pages shared between processes (libraries, the
-object store) once per process, so the sum overstates the physical total; compare peak - base.
+against (a), split steps against (d), resampling steps against (r) of the same method), and the
+resident memory (RSS) summed over this process and every process it started (the Ray GCS,
+raylet, workers; Spark's JVM), sampled every 0.2 s: the baseline before the step and the peak
+during it. RSS counts pages shared between processes (libraries, the object store) once per
+process, so the sum overstates the physical total; compare peak - base.
 
 Checks (PASS/FAIL lines; any FAIL exits 1): every statistics step finds the same class counts;
 each engine split is exact (per-class counts in ``_manifest.json`` and in the written files equal
 ``split_counts`` of the class counts, and the written rows add up to the input); the engine's
-id-based split puts exactly the same ``id``s in train, val and test as the reference (d).
+id-based split puts exactly the same ``id``s in train, val and test as the reference (d). For
+resampling: the input ids are 0..rows-1; the per-class rows in the files the engine and the
+reference wrote equal the targets; every written row is an input row with its own label, and
+every input row of class c is written ``t_c // n_c`` or ``t_c // n_c + 1`` times (so an
+undersample is a subset without duplicates, an oversample a superset); imbalanced-learn's
+counts equal the targets; the engine's id-based undersample written twice is the same (rows
+sorted by ``sample_id``; ``--skip-repeat`` leaves it out). Goals (MET/MISSED lines; they do not
+change the exit status): the engine at >= 1.0x the reference (r) and faster than Spark, and the
+engine's peak RSS within 1.3x of its peak at a smaller row count stored in ``--results``.
 
-``--results FILE`` writes the machine, command, date, data and table into FILE under
-``## Data preparation (bench_prep.py)`` / ``### <rows> rows``, replacing an older run at the same
-row count and keeping every other section.
+``--results FILE`` writes the machine, command, date, data and tables into FILE under
+``## Data preparation (bench_prep.py)``: statistics and splits under ``### <rows> rows``,
+resampling under ``### <rows> rows: resampling``, each replacing an older run of the same
+subsection and keeping every other section.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -72,10 +118,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from engine.config import DataSpec, SplitSpec
+from engine.config import DataSpec, ResampleSpec, SplitSpec
 from engine.data import LabelMap, label_kind, read_schema, resolve_columns, resolve_source
 from engine.io import write_bytes_atomic
 from engine.split import MANIFEST, SPLITS, row_keys, split_counts
+from engine.strategy import describe, resolve_targets
 
 CLASSES = 10
 IMBALANCE = 100.0
@@ -85,6 +132,18 @@ SECTION = "## Data preparation (bench_prep.py)"
 SPLIT_SPEC = SplitSpec(val=0.1, test=0.2, seed=0)
 ORDER = ("a", "b1", "b2", "e", "d", "c1", "c2", "f")  # in the table
 KEY_CHUNK = 1 << 21  # rows per row_keys call in the reference (bounds its temporaries)
+RESAMPLE_HEADING = "resampling"  # subsection "### <rows> rows: resampling"
+# method -> (engine method, strategy kind, sampling_strategy). Oversampling with power 0.58 takes
+# the 20M-row data to 29,770,883 rows (the size the goal's pyarrow figure was measured at).
+RESAMPLE: dict[str, tuple[str, str, Any]] = {
+    "under": ("random_under", "under", {"power": 0.5}),
+    "over": ("random_over", "over", {"power": 0.58}),
+    "combined": ("combined", "combined", {"max_ratio": 10}),
+}
+RESAMPLE_SEED = 0
+TAKE_CHUNK = 1 << 20  # rows per take + write in the reference resampler
+RESAMPLE_VARIANTS = ("r", "g", "g2", "h", "s")  # table order within a method
+MEMORY_GOAL = 1.3  # peak RSS at more rows within this factor of the peak at fewer rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +181,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     p.add_argument("--num-cpus", type=int, default=2, help="ray.init(num_cpus=...)")
     p.add_argument("--skip-ray-split", action="store_true", help="leave out step (f)")
+    p.add_argument(
+        "--prep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the statistics and split steps (a)-(f)",
+    )
+    p.add_argument(
+        "--resample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the resampling steps (r), (g), (h), (s)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(RESAMPLE),
+        help=f"resampling methods to run, comma-separated, of {','.join(RESAMPLE)}",
+    )
+    p.add_argument("--skip-reference", action="store_true", help="leave out (r), pyarrow")
+    p.add_argument("--skip-imblearn", action="store_true", help="leave out (h)")
+    p.add_argument(
+        "--imblearn-rows",
+        type=parse_rows,
+        default=None,
+        help="imbalanced-learn on the first N rows only (default: all)",
+    )
+    p.add_argument("--skip-spark", action="store_true", help="leave out (s), Spark")
+    p.add_argument("--spark-memory", default="4g", help="spark.driver.memory")
+    p.add_argument("--skip-row-hash", action="store_true", help="no engine undersample by row hash")
+    p.add_argument(
+        "--skip-repeat", action="store_true", help="no second engine undersample (determinism)"
+    )
     p.add_argument("--results", type=Path, default=None, help="Markdown file to update")
+    p.add_argument(
+        "--compare-results",
+        type=Path,
+        default=None,
+        help="results file holding the smaller runs to compare memory with (default: --results)",
+    )
     args = p.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in RESAMPLE]
+    if unknown or not args.methods:
+        p.error(f"--methods {unknown or args.methods}: choose among {','.join(RESAMPLE)}")
     if args.files is None:
         args.files = max(1, round(args.rows / 1_000_000))
     if not 1 <= args.files <= args.rows:
@@ -279,13 +379,15 @@ class Step:
     peak: int = 0
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    out_rows: int | None = None  # resampling: rows written
 
 
 def timed(step: Step, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` once, recording wall time and memory in ``step``; errors are recorded."""
     import ray
 
-    settle(int(ray.cluster_resources().get("CPU", 1)))
+    if ray.is_initialized():
+        settle(int(ray.cluster_resources().get("CPU", 1)))
     gc.collect()
     pa.default_memory_pool().release_unused()
     print(f"... {step.name}", flush=True)
@@ -410,6 +512,198 @@ def pyarrow_counts_of(col: pa.ChunkedArray) -> dict[Any, int]:
 
 
 # --------------------------------------------------------------------------------------------
+# resampling steps
+
+
+def resample_targets(method: str, counts: dict[Any, int]) -> dict[Any, int]:
+    """Target rows per label value for ``method`` (see ``RESAMPLE``), from label value -> rows."""
+    _, kind, strategy = RESAMPLE[method]
+    labels = sorted(counts)
+    got = resolve_targets(strategy, {str(k): counts[k] for k in labels}, kind)
+    return {k: got[str(k)] for k in labels}
+
+
+def reference_resample(files: list[str], targets: dict[Any, int], seed: int, out: str) -> int:
+    """Exact random resampling in one process: read, choose per class with numpy, shuffle, write.
+
+    Class c with n rows and target t: every row ``t // n`` times, plus ``t % n`` rows drawn
+    without replacement. Returns the number of rows written.
+    """
+    table = pads.dataset(files, format="parquet").to_table()
+    labels = table["label"].to_numpy()
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for lab, t in targets.items():
+        idx = np.flatnonzero(labels == lab)
+        base, rest = divmod(t, len(idx))
+        chosen += [idx] * base
+        if rest:
+            chosen.append(rng.choice(idx, rest, replace=False))
+    del labels
+    take = np.concatenate(chosen)
+    del chosen
+    rng.shuffle(take)
+    with pq.ParquetWriter(out, table.schema) as w:
+        for off in range(0, len(take), TAKE_CHUNK):
+            w.write_table(table.take(take[off : off + TAKE_CHUNK]))
+    return len(take)
+
+
+def engine_resample(source, cols, lm: LabelMap, counts_by_key, schema, method: str, out: str):
+    from engine.resample import resample
+
+    engine_method, _, strategy = RESAMPLE[method]
+    spec = ResampleSpec(method=engine_method, sampling_strategy=strategy, seed=RESAMPLE_SEED)
+    return resample(source, cols, lm, counts_by_key, spec, out, schema)
+
+
+def load_xy(files: list[str], rows: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, 4) float32 from x0..x3 and y (n,) int64 from label; the first ``rows`` rows."""
+    ds = pads.dataset(files, format="parquet")
+    columns = ["label", *FEATURES]
+    table = ds.head(rows, columns=columns) if rows else ds.to_table(columns=columns)
+    X = np.empty((table.num_rows, len(FEATURES)), dtype=np.float32)
+    for j, name in enumerate(FEATURES):
+        X[:, j] = table[name].to_numpy()
+    y = np.array(table["label"].to_numpy(), dtype=np.int64)  # a writable copy
+    return X, y
+
+
+def imblearn_resample(
+    X: np.ndarray, y: np.ndarray, counts: dict[Any, int], targets: dict[Any, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """imbalanced-learn's random samplers to ``targets``: the classes to cut with
+    ``RandomUnderSampler``, then the classes to raise with ``RandomOverSampler``."""
+    from imblearn.over_sampling import RandomOverSampler
+    from imblearn.under_sampling import RandomUnderSampler
+
+    under = {k: t for k, t in targets.items() if t < counts[k]}
+    over = {k: t for k, t in targets.items() if t > counts[k]}
+    if under:
+        X, y = RandomUnderSampler(sampling_strategy=under, random_state=0).fit_resample(X, y)
+    if over:
+        X, y = RandomOverSampler(sampling_strategy=over, random_state=0).fit_resample(X, y)
+    return X, y
+
+
+def spark_session(cpus: int, memory: str):
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(f"local[{cpus}]")
+        .appName("bench_prep")
+        .config("spark.driver.memory", memory)
+        .config("spark.sql.shuffle.partitions", str(2 * cpus))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.log.level", "ERROR")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def spark_resample(
+    spark, data_dir: str, method: str, counts: dict[Any, int], targets: dict[Any, int], out: str
+) -> None:
+    """Spark's approximate resampling: ``sampleBy`` (undersample) or a union of per-class
+    ``sample`` calls (with replacement where a class grows), written as Parquet."""
+    from pyspark.sql import functions as F
+
+    df = spark.read.parquet(data_dir)
+    if method == "under":
+        fractions = {int(k): t / counts[k] for k, t in targets.items()}
+        result = df.stat.sampleBy("label", fractions, RESAMPLE_SEED)
+    else:
+        parts = []
+        for k, t in targets.items():
+            part = df.filter(F.col("label") == int(k))
+            n = counts[k]
+            if t != n:
+                part = part.sample(withReplacement=t > n, fraction=t / n, seed=RESAMPLE_SEED + k)
+            parts.append(part)
+        result = functools.reduce(lambda a, b: a.unionAll(b), parts)
+    result.write.mode("overwrite").parquet(out)
+
+
+def count_error(got: dict[Any, int], targets: dict[Any, int]) -> tuple[int, float]:
+    """Sum of |got - target| over the classes, and the largest |got - target| / target."""
+    diffs = {k: abs(got.get(k, 0) - t) for k, t in targets.items()}
+    rel = max((d / targets[k] for k, d in diffs.items() if targets[k]), default=0.0)
+    return sum(diffs.values()), rel
+
+
+def input_labels(files: list[str], rows: int, checks: Checks) -> np.ndarray | None:
+    """The label of every input row, indexed by id (int8); None unless ids are 0..rows-1."""
+    t = pads.dataset(files, format="parquet").to_table(columns=["id", "label"])
+    ids = t["id"].to_numpy()
+    ok = len(ids) == rows and int(ids.min()) == 0 and int(ids.max()) == rows - 1
+    if ok:
+        seen = np.zeros(rows, dtype=bool)
+        seen[ids] = True
+        ok = bool(seen.all())
+    if not checks(ok, f"input ids are 0..{rows - 1:,}, each once (the per-row checks need it)"):
+        return None
+    label_of = np.empty(rows, dtype=np.int8)
+    label_of[ids] = t["label"].to_numpy()
+    return label_of
+
+
+def check_resampled(
+    checks: Checks,
+    path: str,
+    what: str,
+    counts: dict[Any, int],
+    targets: dict[Any, int],
+    label_of: np.ndarray | None,
+) -> int:
+    """Exact counts and per-row copies of a written resample; returns the rows written."""
+    t = pads.dataset(path, format="parquet").to_table(columns=["id", "label"])
+    written = t.num_rows
+    got = pyarrow_counts_of(t["label"])
+    checks(
+        got == {k: v for k, v in targets.items() if v},
+        f"{what}: per-class rows in the written files == targets ({written:,} rows)",
+    )
+    if label_of is None:
+        return written
+    ids, labels = t["id"].to_numpy(), t["label"].to_numpy()
+    del t
+    rows = len(label_of)
+    ok = written == 0 or (int(ids.min()) >= 0 and int(ids.max()) < rows)
+    checks(
+        ok and np.array_equal(label_of[ids], labels),
+        f"{what}: every written row is an input row, with its label",
+    )
+    if not ok:
+        return written
+    size = max(max(counts), int(label_of.max())) + 1
+    base, top = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    for k, n in counts.items():
+        base[k] = targets[k] // n
+        top[k] = base[k] + (targets[k] % n > 0)
+    copies = np.bincount(ids, minlength=rows)
+    del ids, labels
+    lo_ok = bool((copies >= base[label_of]).all())
+    hi_ok = bool((copies <= top[label_of]).all())
+    cut = any(targets[k] < n for k, n in counts.items())
+    raised = any(targets[k] > n for k, n in counts.items())
+    shape = {
+        (True, False): "a subset without duplicates",
+        (False, True): "a superset: every input row present",
+    }.get((cut, raised), "cut classes without duplicates, raised classes complete")
+    checks(
+        lo_ok and hi_ok,
+        f"{what}: every input row of class c written t_c // n_c or t_c // n_c + 1 times ({shape})",
+    )
+    return written
+
+
+def canonical(path: str) -> pa.Table:
+    return pq.read_table(path, columns=["sample_id", "id", "label"]).sort_by("sample_id")
+
+
+# --------------------------------------------------------------------------------------------
 # reporting
 
 
@@ -446,6 +740,113 @@ def table_markdown(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def resample_order(key: str) -> tuple[int, int]:
+    method, variant = key.split("-", 1)
+    if method not in RESAMPLE:
+        return len(RESAMPLE), 0
+    return list(RESAMPLE).index(method), RESAMPLE_VARIANTS.index(variant)
+
+
+def resample_table_markdown(steps: list[Step]) -> str:
+    by_key = {s.key: s for s in steps}
+    head = (
+        "| step | seconds | rows out | rows in/s | speed vs (r) | vs Spark (s) | RSS base GiB "
+        "| RSS peak GiB | notes |\n"
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|"
+    )
+    lines = [head]
+
+    def versus(s: Step, other: Step | None) -> str:
+        """Rows/s over the other step's rows/s (= t_other / t_s on the same rows)."""
+        if other is None or other.error or s.error or not s.seconds or not other.seconds:
+            return "—"
+        return f"{(s.rows / s.seconds) / (other.rows / other.seconds):.2f}×"
+
+    for s in sorted(steps, key=lambda s: resample_order(s.key)):
+        notes = list(s.notes)
+        method, variant = s.key.split("-", 1)
+        out = f"{s.out_rows:,}" if s.out_rows is not None else "—"
+        if s.error:
+            notes.insert(0, f"FAILED: {s.error}")
+            secs, rate, ratio, spark = f"({s.seconds:.2f})", "—", "—", "—"
+        else:
+            secs = f"{s.seconds:.2f}"
+            rate = f"{s.rows / s.seconds:,.0f}" if s.seconds > 0 else "—"
+            if variant == "r":
+                ratio = "1.00× (ref)"
+            elif s.ref:
+                ratio = versus(s, by_key.get(s.ref))
+            else:
+                ratio = "—"
+            spark = versus(s, by_key.get(f"{method}-s")) if variant in ("g", "g2") else ""
+        note = "; ".join(notes).replace("|", "\\|")
+        lines.append(
+            f"| {s.name} | {secs} | {out} | {rate} | {ratio} | {spark} | {gib(s.base)} "
+            f"| {gib(s.peak)} | {note} |"
+        )
+    return "\n".join(lines)
+
+
+def stored_resample_memory(
+    path: Path | None, rows: int
+) -> dict[int, dict[str, tuple[float, float]]]:
+    """From a results file: per row count below ``rows``, step name -> (RSS base, RSS peak) in
+    GiB, read from its ``### <n> rows: resampling`` table."""
+    if path is None or not path.exists():
+        return {}
+    found: dict[int, dict[str, tuple[float, float]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        m = re.match(rf"^### ([\d,]+) rows: {RESAMPLE_HEADING}\s*$", line)
+        if m:
+            current = int(m.group(1).replace(",", ""))
+            found[current] = {}
+        elif line.startswith("#"):
+            current = None
+        elif current is not None and line.startswith("| ("):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            try:
+                found[current][cells[0]] = (float(cells[6]), float(cells[7]))
+            except (IndexError, ValueError):
+                pass  # a failed step (n/a)
+    return {n: v for n, v in found.items() if n < rows and v}
+
+
+def resample_goals(steps: list[Step], stored: dict[int, dict[str, tuple[float, float]]], rows: int):
+    """MET/MISSED lines for the goals (they do not change the exit status)."""
+    by_key = {s.key: s for s in steps}
+    lines: list[str] = []
+
+    def line(ok: bool, text: str) -> None:
+        lines.append(f"{'MET' if ok else 'MISSED'}: {text}")
+
+    for method in RESAMPLE:
+        for variant in ("g", "g2"):
+            g = by_key.get(f"{method}-{variant}")
+            if g is None or g.error:
+                continue
+            r, s = by_key.get(f"{method}-r"), by_key.get(f"{method}-s")
+            if r is not None and not r.error:
+                x = r.seconds / g.seconds
+                line(x >= 1.0, f"{g.name}: {x:.3f}× the pyarrow reference (goal ≥ 1.0×)")
+            if s is not None and not s.error:
+                x = s.seconds / g.seconds
+                line(x > 1.0, f"{g.name}: {x:.3f}× Spark (goal > 1.0×)")
+            for n, table in sorted(stored.items()):
+                if g.name not in table or not g.peak:
+                    continue
+                base, peak = table[g.name]
+                now_base, now_peak = g.base / 2**30, g.peak / 2**30
+                x = now_peak / peak
+                line(
+                    x <= MEMORY_GOAL,
+                    f"{g.name}: peak RSS {now_peak:.2f} GiB at {rows:,} rows vs {peak:.2f} GiB at "
+                    f"{n:,} rows: {x:.2f}× (goal ≤ {MEMORY_GOAL}×); peak − base "
+                    f"{now_peak - now_base:.2f} vs {peak - base:.2f} GiB",
+                )
+    return lines
+
+
 def machine() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
@@ -465,19 +866,21 @@ def machine() -> str:
 def section_intro() -> str:
     return (
         f"{SECTION}\n\n"
-        "The engine's statistics pass and exact stratified split (Ray tasks over Parquet "
-        "fragments) against plain pyarrow, a single-process pyarrow + numpy exact split and Ray "
-        "Data's own operators, on the same long-tailed files (10 classes, p_k ∝ 100^(−k/9)). "
-        "Speed vs ref = t_ref / t_step (> 1: faster than the reference); stats steps are compared "
-        "with (a), split steps with (d). RSS is summed over the driver and every process it "
-        "started (Ray GCS, raylet, workers), sampled every 0.2 s; shared pages count once per "
-        "process, so compare peak with base. See `benchmarks/bench_prep.py` for what each step "
-        "runs.\n"
+        "The engine's statistics pass, exact stratified split and exact random resampling (Ray "
+        "tasks over Parquet fragments) against plain pyarrow, single-process pyarrow + numpy "
+        "references, Ray Data's own operators, imbalanced-learn and Spark, on the same "
+        "long-tailed files (10 classes, p_k ∝ 100^(−k/9)). Speed vs ref = t_ref / t_step (> 1: "
+        "faster than the reference); stats steps are compared with (a), split steps with (d), "
+        "resampling steps with (r) of the same method. RSS is summed over the driver and every "
+        "process it started (Ray GCS, raylet, workers, Spark's JVM), sampled every 0.2 s; shared "
+        "pages count once per process, so compare peak with base. See "
+        "`benchmarks/bench_prep.py` for what each step runs.\n"
     )
 
 
-def update_results(path: Path, rows: int, body: str) -> None:
-    """Put ``body`` under ``### <rows> rows`` in the section, keeping everything else."""
+def update_results(path: Path, heading: str, body: str) -> None:
+    """Put ``body`` under ``heading`` (``### <rows> rows...``) in the section, keeping everything
+    else."""
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
@@ -497,7 +900,6 @@ def update_results(path: Path, rows: int, body: str) -> None:
             elif current is not None:
                 subs[current].append(line)
         subs = {h: "\n".join(b).strip() for h, b in subs.items()}
-    heading = f"### {rows:,} rows"
     subs[heading] = body.strip()
 
     def order(h: str) -> tuple[int, str]:
@@ -534,7 +936,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "2"
     import ray
 
-    from engine.split import split
     from engine.stats import compute_stats
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
@@ -546,7 +947,8 @@ def main(argv: list[str] | None = None) -> int:
 
     @ray.remote(num_cpus=1)
     def _warm_worker() -> int:
-        import engine.split  # noqa: F401  (the engine's tasks import these in the worker)
+        import engine.resample  # noqa: F401  (the engine's tasks import these in the worker)
+        import engine.split  # noqa: F401
         import engine.stats  # noqa: F401
 
         time.sleep(0.5)  # hold the CPU, so that the tasks spread over every worker
@@ -559,24 +961,162 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    checks = Checks()
+    checks, rchecks = Checks(), Checks()
     steps: list[Step] = []
+    rsteps: list[Step] = []
     source = resolve_source(str(args.dir))
     schema = read_schema(source)
     spec_label = DataSpec(path=str(args.dir), label="label")
-    spec_feats = DataSpec(path=str(args.dir), label="label", features=FEATURES)
     cols_id = resolve_columns(schema, DataSpec(path=str(args.dir), label="label", id="id"))
     cols_hash = resolve_columns(schema, spec_label)
     counts: dict[str, dict[Any, int]] = {}
+    rinfo: dict[str, Any] = {}
 
     # The engine and the references run first; Ray Data's steps last, as their shuffle actors
-    # take a while to go away and would disturb whatever ran next.
+    # take a while to go away and would disturb whatever ran next; imbalanced-learn and Spark
+    # after Ray has shut down, so that nothing competes with them.
+    work = Path(tempfile.mkdtemp(prefix=".bench-prep-", dir=args.dir.parent))
+    try:
+        try:
+            if args.prep:
+                res = prep_steps(
+                    args, files, source, cols_id, cols_hash, work, steps, checks, counts
+                )
+                if res is False:
+                    return 1
+                class_counts = counts["a"]
+            else:
+                class_counts = pyarrow_counts(files)
+                res = compute_stats(source, spec_label)
+                print(
+                    "class counts: "
+                    + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items()))
+                )
+            if args.resample:
+                rinfo = resample_ray_steps(
+                    args, files, source, schema, cols_id, cols_hash, res, class_counts, work,
+                    rsteps, rchecks,
+                )  # fmt: skip
+            if args.prep:
+                ray_data_steps(args, files, rows, steps, counts)
+        finally:
+            ray.shutdown()
+        if args.resample:
+            resample_local_steps(args, files, class_counts, work, rsteps, rchecks, rinfo)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    cmd = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(argv)
+    head = [
+        f"- Machine: {machine()}",
+        f"- Command: `{cmd}`",
+        f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Data: {rows:,} rows in {len(files)} Parquet file{'s' * (len(files) > 1)}, "
+        f"row groups of "
+        f"{args.row_group:,} rows, {on_disk / 2**20:,.0f} MiB; columns id (int64), "
+        f"label (int64), x0..x3 (float32); seed {args.seed}; class counts "
+        + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())),
+    ]
+    cache = (
+        "- Cache: every file read once before the first step (warm OS cache for all "
+        "steps, nothing dropped); Ray workers warmed up by no-op tasks; each step run "
+        "once, starting when every Ray CPU is free"
+    )
+    load_line = (
+        f"- Load average (1 min) at the start and the end: {load[0]:.2f}, "
+        f"{os.getloadavg()[0]:.2f} (a busy machine slows every step)"
+    )
+    failed = False
+    if args.prep:
+        for key, c in counts.items():
+            if key != "a":
+                checks(c == class_counts, f"class counts of step {key} == pyarrow's (a)")
+        steps.sort(key=lambda s: ORDER.index(s.key))
+        table = table_markdown(steps)
+        print()
+        print(table)
+        print()
+        failed |= checks.failed or any(s.error for s in steps if s.key != "f")
+        if args.results:
+            body = "\n".join(
+                [
+                    *head,
+                    f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`, "
+                    "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0",
+                    cache,
+                    load_line,
+                    "",
+                    table,
+                    "",
+                    "Checks:",
+                    "",
+                    *[f"- {line}" for line in checks.lines],
+                ]
+            )
+            update_results(args.results, f"### {rows:,} rows", body)
+            print(f"wrote {args.results} ({rows:,} rows)")
+    if args.resample:
+        table = resample_table_markdown(rsteps)
+        stored = stored_resample_memory(args.compare_results or args.results, rows)
+        goals = resample_goals(rsteps, stored, rows)
+        print()
+        print(table)
+        print()
+        if not stored:
+            print("memory: no resampling table at fewer rows in the results file to compare with")
+        for line in goals:
+            print(line)
+        failed |= rchecks.failed or any(
+            s.error for s in rsteps if s.key.split("-")[1] in ("r", "g", "g2")
+        )
+        if args.results:
+            body = "\n".join(
+                [
+                    *head,
+                    *rinfo.get("lines", []),
+                    cache + "; imbalanced-learn and Spark run after Ray has shut down",
+                    load_line,
+                    "",
+                    table,
+                    "",
+                    "Goals (the engine's id-based runs and row-hash run; MISSED is reported, "
+                    "not hidden):",
+                    "",
+                    *[f"- {line}" for line in goals],
+                    *(
+                        []
+                        if stored
+                        else [
+                            "- memory: no resampling table at fewer rows in the results file to "
+                            "compare with"
+                        ]
+                    ),
+                    "",
+                    "Checks:",
+                    "",
+                    *[f"- {line}" for line in rchecks.lines],
+                ]
+            )
+            update_results(args.results, f"### {rows:,} rows: {RESAMPLE_HEADING}", body)
+            print(f"wrote {args.results} ({rows:,} rows: {RESAMPLE_HEADING})")
+    return 1 if failed else 0
+
+
+def prep_steps(args, files, source, cols_id, cols_hash, work: Path, steps, checks, counts):
+    """Steps (a)-(d): statistics and splits. Returns the engine's statistics result (None if
+    it failed), or False when the reference (a) failed."""
+    from engine.split import split
+    from engine.stats import compute_stats
+
+    rows = args.rows
+    spec_label = DataSpec(path=str(args.dir), label="label")
+    spec_feats = DataSpec(path=str(args.dir), label="label", features=FEATURES)
     a = Step("a", "(a) pyarrow: label column + value_counts", None, rows)
     steps.append(a)
     counts["a"] = timed(a, lambda: pyarrow_counts(files))
     if a.error:
         print(f"the reference step failed: {a.error}", file=sys.stderr)
-        return 1
+        return False
     class_counts = counts["a"]
     checks(sum(class_counts.values()) == rows, f"pyarrow counted {rows:,} rows")
     print("class counts: " + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())))
@@ -591,113 +1131,278 @@ def main(argv: list[str] | None = None) -> int:
     if res2 is not None:
         counts["b2"] = dict(res2.summary.counts)
 
-    work = Path(tempfile.mkdtemp(prefix=".bench-prep-", dir=args.dir.parent))
-    try:
-        d = Step("d", "(d) reference: 1 process, pyarrow + numpy argsort, id", None, rows)
-        steps.append(d)
-        (work / "ref").mkdir()
-        ref = timed(d, lambda: reference_split(files, cols_id, str(work / "ref")))
-        ref_ids = None
-        if ref is not None:
-            which, id_col = ref
-            ref_ids = {name: np.sort(id_col[which == s]) for s, name in enumerate(SPLITS)}
-            del which, id_col, ref
-        shutil.rmtree(work / "ref", ignore_errors=True)
+    d = Step("d", "(d) reference: 1 process, pyarrow + numpy argsort, id", None, rows)
+    steps.append(d)
+    (work / "ref").mkdir()
+    ref = timed(d, lambda: reference_split(files, cols_id, str(work / "ref")))
+    ref_ids = None
+    if ref is not None:
+        which, id_col = ref
+        ref_ids = {name: np.sort(id_col[which == s]) for s, name in enumerate(SPLITS)}
+        del which, id_col, ref
+    shutil.rmtree(work / "ref", ignore_errors=True)
 
-        for key, what, cols in (
-            ("c1", "(c) engine split, identity = id column", cols_id),
-            ("c2", "(c) engine split, identity = hash of the row", cols_hash),
-        ):
-            step = Step(key, what, "d", rows)
-            steps.append(step)
+    for key, what, cols in (
+        ("c1", "(c) engine split, identity = id column", cols_id),
+        ("c2", "(c) engine split, identity = hash of the row", cols_hash),
+    ):
+        step = Step(key, what, "d", rows)
+        steps.append(step)
+        if res is None:
+            step.error = f"no class counts: the engine's stats pass failed ({b1.error})"
+            continue
+        out = str(work / f"split-{key}")
+        result = timed(
+            step,
+            lambda cols=cols, out=out: split(
+                source,
+                cols,
+                res.stats.label_map,
+                res.summary.counts,
+                SPLIT_SPEC,
+                out,
+                schema=res.schema,
+            ),
+        )
+        if result is None:
+            checks(False, f"{what}: {step.error}")
+            continue
+        step.notes.append(f"{result.pending_rows:,} rows resolved on the driver")
+        ids = check_split(checks, out, what, class_counts, rows)
+        if key == "c1" and ref_ids is not None:
+            for name in SPLITS:
+                checks(
+                    np.array_equal(ids[name], ref_ids[name]),
+                    f"engine id split == reference (d): same {len(ref_ids[name]):,} ids in {name}",
+                )
+        shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def ray_data_steps(args, files, rows, steps, counts) -> None:
+    """Steps (e) and (f): Ray Data's own operators, last (their actors linger)."""
+    e = Step("e", "(e) Ray Data read_parquet(label).groupby.count", "a", rows)
+    steps.append(e)
+    got = timed(e, lambda: ray_data_counts(files))
+    if got is not None:
+        counts["e"] = got
+    if not args.skip_ray_split:
+        f = Step("f", "(f) Ray Data train_test_split(0.2, stratify)", "d", rows)
+        steps.append(f)
+        split_rows = timed(f, lambda: ray_data_split(files))
+        f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
+        if split_rows is not None:
+            n_train, n_test = split_rows
+            f.notes.append(f"train {n_train:,} + test {n_test:,}")
+            if n_train + n_test != rows:
+                f.notes.append(f"rows lost: {rows - n_train - n_test:,}")
+
+
+def resample_ray_steps(
+    args, files, source, schema, cols_id, cols_hash, res, class_counts, work: Path, rsteps, checks
+) -> dict[str, Any]:
+    """Steps (r) and (g) for every method: the one-process reference and the engine."""
+    rows = args.rows
+    lines = [
+        f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`; "
+        f"`ResampleSpec(seed={RESAMPLE_SEED})`; the reference uses `default_rng({RESAMPLE_SEED})`",
+    ]
+    label_path = work / "labels.npy"
+    label_of = input_labels(files, rows, checks)
+    if label_of is not None:
+        np.save(label_path, label_of)
+        del label_of
+
+    def labels() -> np.ndarray | None:
+        return np.load(label_path) if label_path.exists() else None
+
+    lm = res.stats.label_map if res is not None else None
+    counts_by_key = dict(zip(lm.keys, res.stats.counts)) if res is not None else None
+    for method in args.methods:
+        engine_method, kind, strategy = RESAMPLE[method]
+        targets = resample_targets(method, class_counts)
+        total = sum(targets.values())
+        lines.append(
+            f"- {method}: `{engine_method}`, `sampling_strategy={json.dumps(strategy)}` "
+            f"({describe(strategy)}, kind {kind}): {rows:,} → {total:,} rows; targets "
+            + ", ".join(f"{k}: {v:,}" for k, v in targets.items())
+        )
+        print(lines[-1][2:], flush=True)
+        if not args.skip_reference:
+            r = Step(
+                f"{method}-r", f"(r) reference {method}: 1 process, pyarrow + numpy", None, rows
+            )
+            rsteps.append(r)
+            out = str(work / f"ref-{method}.parquet")
+            n_out = timed(
+                r, lambda out=out, t=targets: reference_resample(files, t, RESAMPLE_SEED, out)
+            )
+            if n_out is None:
+                checks(False, f"{r.name}: {r.error}")
+            else:
+                r.out_rows = n_out
+                check_resampled(checks, out, r.name, class_counts, targets, labels())
+            Path(out).unlink(missing_ok=True)
+        variants = [("g", "id", cols_id)]
+        if method == "under" and not args.skip_row_hash:
+            variants.append(("g2", "row hash", cols_hash))
+        for variant, ident, cols in variants:
+            g = Step(
+                f"{method}-{variant}",
+                f"(g) engine {engine_method}, identity = {ident}",
+                f"{method}-r",
+                rows,
+            )
+            rsteps.append(g)
             if res is None:
-                step.error = f"no class counts: the engine's stats pass failed ({b1.error})"
+                g.error = "no label map: the engine's stats pass failed"
                 continue
-            out = str(work / f"split-{key}")
+            out = str(work / f"engine-{method}-{variant}")
             result = timed(
-                step,
-                lambda cols=cols, out=out: split(
-                    source,
-                    cols,
-                    res.stats.label_map,
-                    res.summary.counts,
-                    SPLIT_SPEC,
-                    out,
-                    schema=res.schema,
+                g,
+                lambda cols=cols, out=out, method=method: engine_resample(
+                    source, cols, lm, counts_by_key, schema, method, out
                 ),
             )
             if result is None:
-                checks(False, f"{what}: {step.error}")
+                checks(False, f"{g.name}: {g.error}")
                 continue
-            step.notes.append(f"{result.pending_rows:,} rows resolved on the driver")
-            ids = check_split(checks, out, what, class_counts, rows)
-            if key == "c1" and ref_ids is not None:
-                for name in SPLITS:
+            checks(
+                result.after == {str(k): v for k, v in targets.items()},
+                f"{g.name}: the engine's targets == resolve_targets of the class counts",
+            )
+            g.notes.append(f"{result.pending_rows:,} rows resolved on the driver")
+            g.out_rows = check_resampled(
+                checks, result.path, g.name, class_counts, targets, labels()
+            )
+            if variant == "g" and method == "under" and not args.skip_repeat:
+                again = Step(f"{method}-again", f"{g.name}, second run", None, rows)
+                out2 = str(work / f"engine-{method}-again")
+                second = timed(
+                    again,
+                    lambda out2=out2, method=method: engine_resample(
+                        source, cols_id, lm, counts_by_key, schema, method, out2
+                    ),
+                )
+                if second is None:
+                    checks(False, f"{again.name}: {again.error}")
+                else:
+                    g.notes.append(f"second run {again.seconds:.2f} s")
                     checks(
-                        np.array_equal(ids[name], ref_ids[name]),
-                        f"engine id split == reference (d): same {len(ref_ids[name]):,} ids in "
-                        f"{name}",
+                        canonical(result.path).equals(canonical(second.path)),
+                        f"{g.name}: a second run writes the same rows (sorted by sample_id)",
                     )
+                shutil.rmtree(out2, ignore_errors=True)
+            g.notes.append("+4 traceability columns")
             shutil.rmtree(out, ignore_errors=True)
-        ref_ids = None
+    return {"lines": lines}
 
-        e = Step("e", "(e) Ray Data read_parquet(label).groupby.count", "a", rows)
-        steps.append(e)
-        got = timed(e, lambda: ray_data_counts(files))
-        if got is not None:
-            counts["e"] = got
-        if not args.skip_ray_split:
-            f = Step("f", "(f) Ray Data train_test_split(0.2, stratify)", "d", rows)
-            steps.append(f)
-            got = timed(f, lambda: ray_data_split(files))
-            f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
-            if got is not None:
-                n_train, n_test = got
-                f.notes.append(f"train {n_train:,} + test {n_test:,}")
-                if n_train + n_test != rows:
-                    f.notes.append(f"rows lost: {rows - n_train - n_test:,}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        ray.shutdown()
-    for key, c in counts.items():
-        if key != "a":
-            checks(c == class_counts, f"class counts of step {key} == pyarrow's (a)")
-    steps.sort(key=lambda s: ORDER.index(s.key))
 
-    table = table_markdown(steps)
-    print()
-    print(table)
-    print()
-    if args.results:
-        cmd = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(argv)
-        body = "\n".join(
-            [
-                f"- Machine: {machine()}",
-                f"- Command: `{cmd}`",
-                f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-                f"- Data: {rows:,} rows in {len(files)} Parquet file{'s' * (len(files) > 1)}, "
-                f"row groups of "
-                f"{args.row_group:,} rows, {on_disk / 2**20:,.0f} MiB; columns id (int64), "
-                f"label (int64), x0..x3 (float32); seed {args.seed}; class counts "
-                + ", ".join(f"{k}: {v:,}" for k, v in sorted(class_counts.items())),
-                f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`, "
-                "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0",
-                "- Cache: every file read once before the first step (warm OS cache for all "
-                "steps, nothing dropped); Ray workers warmed up by no-op tasks; each step run "
-                "once, starting when every Ray CPU is free",
-                f"- Load average (1 min) at the start and the end: {load[0]:.2f}, "
-                f"{os.getloadavg()[0]:.2f} (a busy machine slows every step)",
-                "",
-                table,
-                "",
-                "Checks:",
-                "",
-                *[f"- {line}" for line in checks.lines],
-            ]
+def resample_local_steps(args, files, class_counts, work: Path, rsteps, checks, info) -> None:
+    """Steps (h) and (s), after Ray has shut down: imbalanced-learn in memory, then Spark."""
+    rows = args.rows
+    lines = info.setdefault("lines", [])
+    if not args.skip_imblearn:
+        import imblearn
+
+        n_x = min(rows, args.imblearn_rows) if args.imblearn_rows else rows
+        load = Step("load-h", "(h) imbalanced-learn: load X, y from the files", None, n_x)
+        rsteps.append(load)
+        xy = timed(load, lambda: load_xy(files, n_x if n_x < rows else None))
+        X = y = None
+        if xy is not None:
+            X, y = xy
+            del xy
+            load.out_rows = len(y)
+            load.notes.append("X (n, 4) float32, y int64; not part of the (h) times")
+            labs, cnt = np.unique(y, return_counts=True)
+            hcounts = dict(zip(labs.tolist(), cnt.tolist()))
+        lines.append(
+            f"- imbalanced-learn {imblearn.__version__}: `RandomUnderSampler` / "
+            "`RandomOverSampler(sampling_strategy=<dict of the targets>, random_state=0)`, "
+            f"on {n_x:,} rows{' (all)' if n_x == rows else ' (the first ones)'}; "
+            "fit_resample timed, no I/O"
         )
-        update_results(args.results, rows, body)
-        print(f"wrote {args.results}")
-    return 1 if checks.failed or any(s.error for s in steps if s.key != "f") else 0
+        for method in args.methods:
+            h = Step(
+                f"{method}-h", f"(h) imbalanced-learn {method}: fit_resample", f"{method}-r", n_x
+            )
+            rsteps.append(h)
+            if X is None:
+                h.error = f"loading X, y failed ({load.error})"
+                continue
+            targets = resample_targets(method, hcounts)
+            got = timed(h, lambda t=targets: imblearn_resample(X, y, hcounts, t))
+            h.notes.append("in memory, no read or write")
+            if n_x < rows:
+                h.notes.append(f"first {n_x:,} rows; speed by rows/s")
+            if got is None:
+                continue
+            h.out_rows = len(got[1])
+            labs, cnt = np.unique(got[1], return_counts=True)
+            del got
+            checks(
+                dict(zip(labs.tolist(), cnt.tolist())) == {k: v for k, v in targets.items() if v},
+                f"{h.name}: per-class rows == targets",
+            )
+        del X, y
+    if not args.skip_spark:
+        spark, error, t0 = None, None, time.perf_counter()
+        try:
+            import pyspark
+
+            spark = spark_session(args.num_cpus, args.spark_memory)
+            # Warm-up outside the timed steps: the JVM loads and compiles the read, sample and
+            # write paths once, on a tiny sample of every file.
+            (
+                spark.read.parquet(str(args.dir))
+                .sample(fraction=1e-4, seed=1)
+                .write.mode("overwrite")
+                .parquet(str(work / "spark-warm-up"))
+            )
+            shutil.rmtree(work / "spark-warm-up", ignore_errors=True)
+            lines.append(
+                f"- Spark {pyspark.__version__}: `local[{args.num_cpus}]`, "
+                f"`spark.driver.memory={args.spark_memory}`, "
+                f"`spark.sql.shuffle.partitions={2 * args.num_cpus}`; session started and warmed "
+                f"up (a 0.01 % sample of the input written) in {time.perf_counter() - t0:.1f} s, "
+                "outside the timed steps; `sampleBy` samples without replacement only, so "
+                "oversampling is a union of per-class `sample(withReplacement=True)`"
+            )
+        except Exception as e:  # recorded in the table; the run goes on
+            first = (str(e).strip().splitlines() or [""])[0]
+            error = f"starting Spark: {type(e).__name__}: {first[:300]}"
+            lines.append(f"- Spark: {error}")
+        for method in args.methods:
+            targets = resample_targets(method, class_counts)
+            how = "stat.sampleBy" if method == "under" else "per-class sample + union"
+            s = Step(f"{method}-s", f"(s) Spark {method}: {how}, write", f"{method}-r", rows)
+            rsteps.append(s)
+            if spark is None:
+                s.error = error
+                continue
+            out = str(work / f"spark-{method}")
+            timed(
+                s,
+                lambda out=out, t=targets, method=method: spark_resample(
+                    spark, str(args.dir), method, class_counts, t, out
+                ),
+            )
+            if s.error is None:
+                got = pyarrow_counts_of(
+                    pads.dataset(out, format="parquet").to_table(columns=["label"])["label"]
+                )
+                total = sum(targets.values())
+                s.out_rows = sum(got.values())
+                abs_err, rel = count_error(got, targets)
+                s.notes.append(
+                    f"count error vs targets: Σ|got − target| = {abs_err:,} "
+                    f"({abs_err / max(total, 1):.3%} of {total:,}), max per class {rel:.2%}"
+                )
+                s.notes.append("not shuffled")
+            shutil.rmtree(out, ignore_errors=True)
+        if spark is not None:
+            spark.stop()
 
 
 if __name__ == "__main__":

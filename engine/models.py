@@ -63,22 +63,30 @@ def _label_config(label_map: LabelMap) -> dict[str, Any]:
     }
 
 
+def tiny_bert_config(max_length: int = 64, **extra: Any):
+    """The ``tiny`` random-init BERT (2 layers, width 32) used by tests and the embed stage."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=max(64, max_length),
+        **extra,
+    )
+
+
 def build_transformer(spec: ModelSpec, label_map: LabelMap) -> nn.Module:
     """A sequence classifier with ``id2label``/``label2id`` from the label map."""
-    from transformers import AutoModelForSequenceClassification, BertConfig
+    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected
     if spec.path == "tiny":
-        config = BertConfig(
-            vocab_size=30522,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=max(64, spec.max_length),
-            hidden_dropout_prob=spec.dropout,
-            **_label_config(label_map),
+        config = tiny_bert_config(
+            spec.max_length, hidden_dropout_prob=spec.dropout, **_label_config(label_map)
         )
         return AutoModelForSequenceClassification.from_config(config)
     return AutoModelForSequenceClassification.from_pretrained(

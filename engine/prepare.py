@@ -15,12 +15,14 @@ run and its spec) is refused unless ``overwrite`` is set.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.config import DataSpec, JobSpec, dump_spec
-from engine.data import read_schema, resolve_columns, resolve_source
+from engine.data import LabelMap, read_schema, resolve_columns, resolve_source
 from engine.io import (
     exists,
     filesystem_and_path,
@@ -30,13 +32,16 @@ from engine.io import (
     write_json_atomic,
 )
 from engine.resample import SMOTE_METHODS, ResampleResult, resample
-from engine.split import SPLITS, SplitResult, split
+from engine.split import SPLITS, SplitResult, read_manifest, split
 from engine.stats import ClassStats, compute_stats, plot_class_distribution
 
 log = logging.getLogger("raybalance")
 
-# The sections whose change makes the prepared artifacts another run's.
+# The sections the prepared artifacts depend on (training refuses artifacts made with others);
+# a change of the first three makes them another run's (prepare refuses without --overwrite),
+# a change of resample or embed just redoes those steps.
 PREPARE_SECTIONS = ("data", "stats", "split", "resample", "embed")
+OWNING_SECTIONS = ("data", "stats", "split")
 
 
 def needs_embedding(spec: JobSpec) -> bool:
@@ -48,7 +53,7 @@ def needs_embedding(spec: JobSpec) -> bool:
 def model_data(spec: JobSpec) -> DataSpec:
     """The data spec the later stages see: with the embedding as the features when embedded."""
     if needs_embedding(spec):
-        return replace(spec.data, features=[spec.embed.column])
+        return replace(spec.data, features=[spec.embed.column], text=None)
     return spec.data
 
 
@@ -102,8 +107,28 @@ def claim_run_dir(spec: JobSpec, overwrite: bool, sections: tuple[str, ...]) -> 
     write_json_atomic(marker, {"name": spec.name, "spec": mine}, fs)
 
 
+def input_fingerprint(spec: JobSpec, source) -> str:
+    """A digest of what the stats and splits depend on: the input files (path, size, mtime) and
+    the data, stats and split specs. Equal digests: the prepared splits are up to date."""
+    infos = source.filesystem.get_file_info(list(source.files))
+    files = [[i.path, i.size, i.mtime_ns] for i in infos]
+    parts = {"files": files, **{s: asdict(getattr(spec, s)) for s in ("data", "stats", "split")}}
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
-    """Run statistics and the exact split for ``spec`` into ``spec.run_dir``."""
+    """Statistics, exact splits, embeddings and resampling for ``spec`` into ``spec.run_dir``.
+
+    Each step is skipped when its complete output exists and was made from the same inputs
+    and spec (a digest recorded in it), so a rerun after a crash, or with only a new
+    ``resample`` section, continues where it stopped instead of redoing everything.
+    """
     data = spec.data
     if data.text is None and data.features is None:
         raise ValueError(
@@ -111,58 +136,96 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
             "(numeric columns, or one list column)"
         )
     source = resolve_source(data.path, data.format)
-    claim_run_dir(spec, overwrite, PREPARE_SECTIONS)
+    claim_run_dir(spec, overwrite, OWNING_SECTIONS)
     fs, root = filesystem_and_path(spec.run_dir)
 
-    result = compute_stats(source, data, spec.stats)
-    for w in result.warnings:
-        log.warning(w)
-    stats = result.stats
-    extra: dict[str, Any] = {
-        "source": source.path,
-        "null_labels_dropped": result.summary.null_labels,
-    }
-    write_json_atomic(join(root, "stats.json"), stats.to_json(**extra), fs)
-    write_json_atomic(join(root, "label_map.json"), stats.label_map.to_json(), fs)
-
-    splits = split(
-        source,
-        result.columns,
-        stats.label_map,
-        result.summary.counts,
-        spec.split,
-        join(spec.run_dir, "splits"),
-        schema=result.schema,
-    )
-    for w in splits.warnings:
-        log.warning(w)
-    warnings = result.warnings + splits.warnings
+    fingerprint = input_fingerprint(spec, source)
+    splits_dir = join(spec.run_dir, "splits")
+    manifest = read_manifest(splits_dir)
+    if (
+        manifest is not None
+        and manifest.get("fingerprint") == fingerprint
+        and exists(fs, join(root, "stats.json"))
+        and exists(fs, join(root, "label_map.json"))
+    ):
+        log.info("prepare: stats and splits of %s are up to date; reusing them", source.path)
+        label_map = LabelMap.from_json(read_json(join(spec.run_dir, "label_map.json")))
+        stats = ClassStats.from_json(read_json(join(spec.run_dir, "stats.json")), label_map)
+        splits = SplitResult(splits_dir, manifest["counts"], manifest.get("warnings", []), 0)
+        warnings = list(manifest.get("stats_warnings", [])) + splits.warnings
+        text_col = data.text
+    else:
+        result = compute_stats(source, data, spec.stats)
+        for w in result.warnings:
+            log.warning(w)
+        stats = result.stats
+        extra: dict[str, Any] = {
+            "source": source.path,
+            "null_labels_dropped": result.summary.null_labels,
+        }
+        write_json_atomic(join(root, "stats.json"), stats.to_json(**extra), fs)
+        write_json_atomic(join(root, "label_map.json"), stats.label_map.to_json(), fs)
+        splits = split(
+            source,
+            result.columns,
+            stats.label_map,
+            result.summary.counts,
+            spec.split,
+            splits_dir,
+            schema=result.schema,
+            extra_manifest={"fingerprint": fingerprint, "stats_warnings": result.warnings},
+        )
+        for w in splits.warnings:
+            log.warning(w)
+        warnings = result.warnings + splits.warnings
+        text_col = result.columns.text
+        manifest = read_manifest(splits_dir)
+    splits_key = _digest(fingerprint, manifest["run"])
 
     embedded = join(root, "embedded")
+    embed_key = None
     if needs_embedding(spec):
-        _embed_splits(spec, result.columns.text)
+        embed_key = _digest(splits_key, asdict(spec.embed))
+        _embed_splits(spec, text_col, embed_key)
     elif exists(fs, embedded):
         fs.delete_dir(embedded)  # from an earlier spec: stale
 
     resampled_dir = join(root, "resampled")
     resampled = None
     if spec.resample.method != "none":
-        train_source = resolve_source(split_dir(spec.run_dir, "train"))
-        schema = read_schema(train_source)
-        cols = resolve_columns(schema, model_data(spec), where=train_source.files[0])
-        resampled = resample(
-            train_source,
-            cols,
-            stats.label_map,
-            splits.counts["train"],
-            spec.resample,
-            join(spec.run_dir, "resampled"),
-            schema,
-            stats_spec=spec.stats,
-            stats_extra={"source": train_source.path},
-        )
-        for w in resampled.warnings:
-            log.warning(w)
+        resample_key = _digest(splits_key, embed_key, asdict(spec.resample), asdict(spec.stats))
+        done = join(resampled_dir, "_resample.json")
+        if exists(fs, join(resampled_dir, "stats.json")) and exists(fs, done):
+            old = read_json(join(spec.run_dir, "resampled", "_resample.json"))
+            if old.get("inputs") == resample_key:
+                log.info("prepare: the resampled train split is up to date; reusing it")
+                resampled = ResampleResult(
+                    join(spec.run_dir, "resampled", "train"),
+                    old["method"],
+                    spec.resample.sampling_strategy,
+                    old["before"],
+                    old["after"],
+                    old.get("warnings", []),
+                    old.get("pending_rows", 0),
+                )
+        if resampled is None:
+            train_source = resolve_source(split_dir(spec.run_dir, "train"))
+            schema = read_schema(train_source)
+            cols = resolve_columns(schema, model_data(spec), where=train_source.files[0])
+            resampled = resample(
+                train_source,
+                cols,
+                stats.label_map,
+                splits.counts["train"],
+                spec.resample,
+                join(spec.run_dir, "resampled"),
+                schema,
+                stats_spec=spec.stats,
+                stats_extra={"source": train_source.path},
+                inputs=resample_key,
+            )
+            for w in resampled.warnings:
+                log.warning(w)
         warnings += resampled.warnings
     elif exists(fs, resampled_dir):
         fs.delete_dir(resampled_dir)  # from an earlier spec: training must not pick it up
@@ -177,15 +240,19 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
     return PrepareResult(spec.run_dir, stats, splits, warnings, resampled)
 
 
-def _embed_splits(spec: JobSpec, text: str) -> None:
-    """Embed every split into ``embedded/<split>``; ``embedded/_complete.json`` marks the end."""
+def _embed_splits(spec: JobSpec, text: str, key: str) -> None:
+    """Embed every split into ``embedded/<split>``; ``embedded/_complete.json`` marks the end
+    and records ``key`` (splits + embed spec): equal keys, nothing to do."""
     from engine.embed import embed_files
 
     root = join(spec.run_dir, "embedded")
     fs, p = filesystem_and_path(root)
     marker = join(p, "_complete.json")
     if exists(fs, marker):
-        fs.delete_file(marker)  # the splits were rewritten: the old embeddings are stale
+        if read_json(join(root, "_complete.json")).get("inputs") == key:
+            log.info("prepare: the embedded splits are up to date; reusing them")
+            return
+        fs.delete_file(marker)  # the splits or the encoder changed: the embeddings are stale
     fs.create_dir(p, recursive=True)
     done = {}
     for name in SPLITS:
@@ -193,4 +260,5 @@ def _embed_splits(spec: JobSpec, text: str) -> None:
             resolve_source(join(spec.run_dir, "splits", name)), join(root, name), text, spec.embed
         )
         done[name] = {"rows": res.rows, "dim": res.dim, "seconds": round(res.seconds, 2)}
-    write_json_atomic(marker, {"model": spec.embed.model, "column": spec.embed.column, **done}, fs)
+    info = {"model": spec.embed.model, "column": spec.embed.column, "inputs": key, **done}
+    write_json_atomic(marker, info, fs)

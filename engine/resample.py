@@ -192,7 +192,7 @@ def expand(
     copy_index = np.arange(len(idx), dtype=np.int64) - np.repeat(starts, copies)
     source = identity[idx]
     sample_id = _copy_ids(source, copy_index, synthetic=False)
-    order = np.argsort(seeded(sample_id, seed, "shuffle"), kind="stable")
+    order = np.argsort(seeded(sample_id, seed, "shuffle"))  # unique keys: any sort is stable
     if copies.max() > 1:
         order = spread_duplicates(source, order)
     out = table.take(pa.array(idx[order]))
@@ -532,6 +532,7 @@ def resample(
     schema: pa.Schema,
     stats_spec: StatsSpec | None = None,
     stats_extra: Mapping[str, Any] | None = None,
+    inputs: str | None = None,
 ) -> ResampleResult:
     """Resample the train split ``source`` to ``spec``'s targets into ``out_dir/train/``.
 
@@ -539,6 +540,7 @@ def resample(
     written as a whole: ``train/``, ``_resample.json`` and ``stats.json`` (the statistics of the
     result, in ``stats.json``'s schema, with ``stats_extra`` added) go into a temporary folder
     renamed into place when complete, so a ``stats.json`` there means a complete result.
+    ``inputs`` (a digest of what the result depends on) is recorded in ``_resample.json``.
     """
     if spec.method == "none":
         raise ValueError("resample.method=none: nothing to resample")
@@ -636,6 +638,7 @@ def resample(
                 "after": dict(zip(keys, t.tolist())),
                 "pending_rows": pending_rows,
                 "warnings": warnings,
+                "inputs": inputs,
             },
             fs,
         )

@@ -349,11 +349,13 @@ def split(
     spec: SplitSpec,
     out_dir: str,
     schema: pa.Schema,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> SplitResult:
     """Split ``source`` exactly and write ``out_dir/{train,val,test}/`` atomically.
 
     ``class_counts`` (label value -> rows, null labels excluded) and ``schema`` (the first
-    file's) come from the stats pass; every written file has that schema.
+    file's) come from the stats pass; every written file has that schema. ``extra_manifest``
+    is merged into ``_manifest.json``.
     """
     read_schema = schema if source.format != "parquet" else None
     n = np.array([class_counts[v] for v in label_map.labels], dtype=np.int64)
@@ -423,6 +425,7 @@ def split(
             "rows": {name: int(target[:, s].sum()) for s, name in enumerate(SPLITS)},
             "counts": counts,
             "run": uuid.uuid4().hex,
+            **(extra_manifest or {}),
         }
         write_json_atomic(join(tmp, MANIFEST), manifest, fs)
         replace_dir(fs, tmp, final)

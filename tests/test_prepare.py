@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,10 @@ RANDOM = [
     ("random_under", "auto", "under"),
     ("random_over", "auto", "over"),
     ("combined", "{max_ratio: 3}", "combined"),
+    ("smote", "auto", "over"),
+    ("borderline1", "0.5", "over"),
+    ("borderline2", "{power: 0.3}", "over"),
+    ("adasyn", "auto", "over"),
 ]
 
 
@@ -88,3 +93,70 @@ def test_bad_strategy_is_a_user_error(page_blocks, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "majority" in err and "over-sampl" in err
     assert not (run / "resampled").exists()
+
+
+def test_text_is_embedded_then_smote_then_an_mlp_trains(trec50, tmp_path, capsys):
+    """TREC-50 text -> embeddings (tiny random encoder here; MiniLM by default) -> SMOTE on the
+    embedding column -> an MLP head trains on the resampled train split and embedded val."""
+    run = tmp_path / "run"
+    sets = [
+        f"data.path={trec50}",
+        "data.text=text",
+        f"run_dir={run}",
+        "embed.model=tiny",
+        "model.kind=mlp",
+        "resample.method=smote",
+        "resample.sampling_strategy={power: 0.5}",
+        "resample.k_neighbors=3",
+    ]
+    args = ["prepare"] + [x for s in sets for x in ("--set", s)]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    emb = pads.dataset(str(run / "embedded" / "val")).to_table()
+    assert emb.schema.field("embedding").type.list_size == 32 and emb.num_rows == 539
+    out = pads.dataset(str(run / "resampled" / "train")).to_table()
+    after = json.loads((run / "resampled" / "stats.json").read_text())["counts"]
+    assert dict(Counter(out["label"].to_pylist())) == after and out.num_rows > 3773
+    syn = out.filter(out["synthetic"])
+    assert syn.num_rows == out.num_rows - 3773 and syn["text"].null_count == syn.num_rows
+    assert syn["embedding"].null_count == 0
+
+    # another strategy: the embeddings are reused, only the resampling is redone
+    marker = run / "embedded" / "_complete.json"
+    stamp = marker.stat().st_mtime_ns
+    assert cli.main(args + ["--set", "resample.sampling_strategy={power: 0.8}"]) == 0
+    assert marker.stat().st_mtime_ns == stamp
+    assert cli.main(args) == 0
+
+    train = ["train", *args[1:], "--set", "train.epochs=1", "--set", "train.num_workers=1"]
+    assert cli.main(train + ["--set", "model.hidden=[16]"]) == 0
+    metrics = json.loads((run / "train" / "metrics.json").read_text())
+    assert len(metrics) == 1 and 0 <= metrics[0]["val_macro_f1"] <= 1
+
+
+def test_rerun_reuses_complete_steps(page_blocks, tmp_path, caplog):
+    run = tmp_path / "run"
+    sets = ["resample.method=random_over", "resample.sampling_strategy={power: 0.5}"]
+    assert _prepare(page_blocks, run, *sets) == 0
+    first = json.loads((run / "splits" / "_manifest.json").read_text())["run"]
+    resampled = (run / "resampled" / "_resample.json").stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO", logger="raybalance"):
+        assert _prepare(page_blocks, run, *sets) == 0
+    assert "stats and splits" in caplog.text and "resampled train split is up to date" in caplog.text
+    assert json.loads((run / "splits" / "_manifest.json").read_text())["run"] == first
+    assert (run / "resampled" / "_resample.json").stat().st_mtime_ns == resampled
+    # a new strategy only redoes the resampling (and needs no --overwrite)
+    feats = ",".join(_features(page_blocks))
+    args = ["prepare", "--set", f"data.path={page_blocks}", "--set", "data.label=label"]
+    args += ["--set", f"data.features=[{feats}]", "--set", f"run_dir={run}"]
+    args += ["--set", "resample.method=random_over", "--set", "resample.sampling_strategy=auto"]
+    assert cli.main(args) == 0
+    assert json.loads((run / "splits" / "_manifest.json").read_text())["run"] == first
+    after = json.loads((run / "resampled" / "stats.json").read_text())["counts"]
+    assert len(set(after.values())) == 1  # 'auto' balances the two classes
+    # touching the input redoes everything
+    f = next(p for p in page_blocks.iterdir() if p.suffix == ".parquet")
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000_000))
+    assert _prepare(page_blocks, run, *sets) == 0
+    assert json.loads((run / "splits" / "_manifest.json").read_text())["run"] != first
