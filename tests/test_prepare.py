@@ -143,7 +143,8 @@ def test_rerun_reuses_complete_steps(page_blocks, tmp_path, caplog):
     caplog.clear()
     with caplog.at_level("INFO", logger="raybalance"):
         assert _prepare(page_blocks, run, *sets) == 0
-    assert "stats and splits" in caplog.text and "resampled train split is up to date" in caplog.text
+    assert "stats and splits" in caplog.text
+    assert "resampled train split is up to date" in caplog.text
     assert json.loads((run / "splits" / "_manifest.json").read_text())["run"] == first
     assert (run / "resampled" / "_resample.json").stat().st_mtime_ns == resampled
     # a new strategy only redoes the resampling (and needs no --overwrite)
