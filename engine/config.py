@@ -192,18 +192,50 @@ class EmbedSpec:
 class ModelSpec:
     """``kind``: ``transformer`` (a Hugging Face sequence classifier from ``path``: ``minilm`` =
     the offline all-MiniLM-L6-v2 package, ``tiny`` = a small random-init BERT for tests, or a
-    ``save_pretrained`` folder) or ``mlp`` (a head over ``data.features``, ``hidden`` layers)."""
+    ``save_pretrained`` folder), ``mlp`` (a head over ``data.features``, ``hidden`` layers) or
+    ``lexical`` (``engine.lexical``: hashed word + character n-grams of ``data.text`` with
+    TF-IDF; ``hidden=[]`` is a linear model, ``hidden=[h, ...]`` a bag of width h then MLP
+    blocks; it wants a much larger ``train.lr`` than a transformer, e.g. 0.01).
+
+    Lexical settings: ``n_features`` hash buckets (word n-grams in one half, char n-grams in
+    the other; the bag holds n_features x width weights), ``word_ngrams`` / ``char_ngrams``
+    inclusive [lo, hi] ranges (null: none; ``char_wb`` n-grams inside word boundaries),
+    ``sublinear_tf`` (1 + ln tf), ``max_terms`` (a text keeps its largest TF-IDF weights).
+    """
 
     kind: Literal["transformer", "mlp", "lexical"] = "transformer"
     path: str = "minilm"
     max_length: int = 64
     hidden: list[int] = field(default_factory=lambda: [256])
     dropout: float = 0.1
+    n_features: int = 2**18
+    word_ngrams: list[int] | None = field(default_factory=lambda: [1, 2])
+    char_ngrams: list[int] | None = field(default_factory=lambda: [2, 4])
+    sublinear_tf: bool = True
+    max_terms: int = 256
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _require(
+            2 <= self.n_features <= 2**31 - 1,
+            "n_features",
+            f"must be in [2, 2^31 - 1], got {self.n_features}",
+        )
+        for key in ("word_ngrams", "char_ngrams"):
+            v = getattr(self, key)
+            _require(
+                v is None or (len(v) == 2 and 1 <= v[0] <= v[1]),
+                key,
+                f"must be [lo, hi] with 1 <= lo <= hi, or null; got {v}",
+            )
+        _require(
+            self.word_ngrams is not None or self.char_ngrams is not None,
+            "char_ngrams",
+            "word_ngrams and char_ngrams are both null: set at least one",
+        )
+        _require(self.max_terms >= 1, "max_terms", f"must be >= 1, got {self.max_terms}")
 
 
 @dataclass(frozen=True)
@@ -304,13 +336,37 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TuneSpec:
+    """The Ray Tune search (``engine.tune``; its docstring holds the search-space grammar).
+
+    ``scheduler``: ``asha`` (random search, bad trials stop early), ``fifo`` (random search, no
+    early stopping) or ``tpe`` (Optuna's TPE + ASHA). ``metric``: val_macro_f1,
+    val_balanced_accuracy, val_macro_pr_auc or val_loss (minimized). ``max_failures``: retries
+    of a failed trial. ``max_concurrent_trials`` null: derived from the cluster's resources.
+    ``seed`` seeds the sampling of the knobs.
+    """
+
     num_samples: int = 8
     metric: str = "val_macro_f1"
     search_space: dict[str, Any] | None = None
     scheduler: Literal["asha", "fifo", "tpe"] = "asha"
+    max_failures: int = 1
+    max_concurrent_trials: int | None = None
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
+        metrics = ("val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss")
+        _require(self.metric in metrics, "metric", f"must be one of {metrics}, got {self.metric!r}")
+        _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        if self.max_concurrent_trials is not None:
+            _require(
+                self.max_concurrent_trials >= 1,
+                "max_concurrent_trials",
+                f"must be >= 1 or null (derived), got {self.max_concurrent_trials}",
+            )
+        from engine.tune import parse_search_space  # the grammar lives with the search
+
+        parse_search_space(self.search_space, tpe=self.scheduler == "tpe")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
     m = evaluate_split(spec, "runs/x/train/best", split="test")
     m["macro_f1"], m["tail_recall"], m["per_class"]["NUM:ord"]["recall"]
 
-The split's rows go through the same Ray Data stage as training (tokenization or feature
-stacking); the model runs on the driver, which suits evaluation sets of thousands of rows.
+The split's rows go through the same Ray Data stage as training (tokenization, feature
+stacking, or the lexical model's own saved vectorizer); the model runs on the driver, which
+suits evaluation sets of thousands of rows.
 ``tail`` classes are the third of the classes with the fewest training rows (at least one).
 """
 
@@ -38,7 +39,7 @@ def predict_proba(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_s
                 for k, v in arrays.items()
                 if k != "label"
             }
-            for k in ("input_ids", "attention_mask"):
+            for k in ("input_ids", "attention_mask", "lex_idx"):
                 if k in batch:
                     batch[k] = batch[k].long()
             out.append(torch.softmax(logits_of(model, batch).float(), dim=1).numpy())
@@ -48,14 +49,16 @@ def predict_proba(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_s
 def evaluate_split(spec: JobSpec, model_dir: str, split: str = "test") -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on the run's ``<split>`` (embedded when the run
     embeds its text), by label key."""
-    from engine.prepare import model_data, split_dir
-    from engine.train import _materialize, preprocess
+    from engine.prepare import split_dir
+    from engine.train import _materialize, input_data, preprocess
 
     run_dir = spec.run_dir
     model, label_map = load_model(model_dir)
     source = resolve_source(split_dir(run_dir, split))
-    cols = resolve_columns(read_schema(source), model_data(spec), where=source.files[0])
-    arrays = _materialize(preprocess(read_dataset(source), cols, spec.model, label_map))
+    cols = resolve_columns(read_schema(source), input_data(spec), where=source.files[0])
+    vectorizer = getattr(model, "vectorizer", None)  # a lexical model featurizes with its own
+    ds = preprocess(read_dataset(source), cols, spec.model, label_map, vectorizer)
+    arrays = _materialize(ds)
     m = classification_metrics(arrays["label"], predict_proba(model, arrays))
     keys = label_map.keys
     m["per_class"] = {keys[c]: v for c, v in m["per_class"].items()}

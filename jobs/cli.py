@@ -2,6 +2,7 @@
 
 raybalance stats DATA --label COL
 raybalance prepare [CONFIG] [--set KEY=VALUE]... [--address ADDR]
+raybalance tune [CONFIG] [--set KEY=VALUE]... [--address ADDR] [--overwrite]
 raybalance datasets make NAME --out DIR
 """
 
@@ -17,6 +18,7 @@ COMMANDS = {
     "stats": ("jobs.stats", "class statistics of a dataset"),
     "prepare": ("jobs.prepare", "statistics + exact stratified splits into the run directory"),
     "train": ("jobs.train", "fine-tune on Ray Train (prepare first when needed)"),
+    "tune": ("jobs.tune", "search the imbalance knobs with Ray Tune (resumes when interrupted)"),
     "datasets": ("jobs.datasets", "write a real imbalanced dataset as Parquet"),
 }
 

@@ -1,0 +1,905 @@
+"""The Ray Tune search over the imbalance knobs: one ``engine.train.fit`` run per trial.
+
+    raybalance tune jobs/configs/digits_lt100.yaml --set tune.num_samples=16 \\
+        --set tune.scheduler=tpe
+
+Search space. ``tune.search_space`` maps dotted keys ``<section>.<field>`` (sections ``loss``,
+``sampler``, ``train``, ``model``, ``resample``; plus the derived knob ``loss.weight_power``) to
+one of::
+
+    {choice: [v1, v2, ...]}     one of the values, uniformly at random
+    {grid: [v1, v2, ...]}       every value (Tune's grid_search: each of tune.num_samples
+                                repeats the whole grid); not with scheduler tpe
+    {uniform: [lo, hi]}         a float in [lo, hi]
+    {loguniform: [lo, hi]}      a float in [lo, hi], uniform in log space (0 < lo)
+    {randint: [lo, hi]}         an integer in [lo, hi) (hi excluded, as in Tune and numpy)
+    any other value             that value in every trial (a dict is a value unless it has
+                                exactly one key and that key is one of the forms above)
+    null                        drop that knob from the default space (the spec's value is used)
+
+A section may also be nested (``{loss: {gamma: {uniform: [0, 3]}}}``), which is what
+``--set tune.search_space.loss.gamma='{uniform: [0, 3]}'`` builds. Keys and values are checked
+at load: an unknown key fails naming it, and every choice / grid value and both ends of a range
+are checked as that field's value. ``train.epochs`` (the early-stopping budget),
+``train.num_workers``, ``train.use_gpu``, ``train.cpus_per_worker`` (they size the trials) and
+``train.metric`` (set from ``tune.metric``) are not searchable.
+
+The default space (``default_search_space``), extended or overridden by ``tune.search_space``:
+``loss.name`` in {ce, weighted_ce, focal, logit_adjusted, balanced_softmax, ldam};
+``loss.weight_power`` p in [0, 1]: class weights w_c ∝ n_c^-p from the counts the trial trains
+on, scaled so that the mean weight per row is 1 (p=1 is the ``inverse`` scheme, p=0.5
+``inverse_sqrt``), set as explicit ``loss.weights`` for ``weighted_ce`` and as focal's alpha;
+``loss.gamma`` in [0, 3]; ``loss.tau`` in [0.5, 2]; ``sampler.kind`` in {none, balanced};
+``sampler.power`` q in [0, 1]; ``train.lr`` log-uniform in [lr/10, 10·lr] around the spec's;
+and, when the run has a ``resample.method``, ``resample.sampling_strategy`` among the spec's own,
+``{power: 0.5}`` and ``{max_ratio: r}`` (r ≈ the square root of the train split's imbalance
+ratio). A trial whose resample section differs from the run's resamples the plain train split
+into its own folder and trains on that.
+
+Conditional knobs are sampled in every trial and ignored where they mean nothing: ``gamma``
+only for focal (and class_balanced over focal), ``tau`` only for logit_adjusted,
+``weight_power`` only for weighted_ce and focal, ``sampler.power`` only for balanced batches
+(``ACTIVE``). The results table leaves an ignored knob empty.
+
+Schedulers (``tune.scheduler``): ``asha`` = random search + ASHA (``training_iteration`` = epochs,
+grace period 1, max_t = ``train.epochs + 1``: ASHA kills a trial that reaches max_t, and one
+past the last epoch lets a good trial end by itself and export; bad trials stop early);
+``fifo`` = random search, every trial runs all its epochs; ``tpe`` = Optuna's TPE
+(``OptunaSearch``) + ASHA. ``tune.seed`` seeds the sampling. Trials are ranked by
+``tune.metric`` (``val_macro_f1``, ``val_balanced_accuracy``, ``val_macro_pr_auc`` or
+``val_loss``, minimized); each trial keeps its best epoch by that metric. (Minority recall at a
+precision floor is not offered: the training loop reports no per-class precision per epoch.)
+A trial that fails is retried ``tune.max_failures`` times; after that it is recorded as an error
+and the others go on.
+
+Concurrency (``trial_resources``): a trial holds 0.01 CPU and starts a ``TorchTrainer`` of
+``train.num_workers`` workers; one CPU is kept free for the trials' own Ray Data and resampling
+tasks, and the rest is shared so that every running trial's trainer fits at once (Train gives up
+when a worker group cannot start within 60 s). ``tune.max_concurrent_trials`` overrides the
+count (the workers' share shrinks to fit). Tune ends trials by killing them; Ray Train frees a
+killed trainer's placement group from a detached cleaner that needs the Ray dashboard (the
+state API) and must find the cluster (``RAY_ADDRESS``, see ``jobs.tune``), else the CPUs of
+every early-stopped trial stay held and later trials never start.
+
+Storage and resume. ``RUN_DIR/tune/``: ``ray/tune/`` (Tune's experiment), ``search.json`` (the
+spec and the resolved space), ``trials/<trial_id>/`` (each trial's ``fit`` output: ``best/``,
+``metrics.json``, its Ray Train run, its resampled split, ``attempts.jsonl`` — one line per
+start), and ``results.parquet`` / ``results.csv`` written at the end (one row per trial: id,
+status, attempts, the knobs, the best epoch's val metrics, epochs run, ``best_dir``, error).
+Rerunning an interrupted search with the same spec restores it (``Tuner.restore``): finished
+trials are not run again, unfinished and errored ones are, and a trial's own Train run resumes
+from its last checkpoint; a trial whose ``fit`` had finished but that Tune had not yet recorded
+reports its saved metrics instead of training again. Tune copies its experiment state to
+storage every ``SYNC_PERIOD_S`` (its default, 300 s, would forget minutes of finished trials).
+A finished search is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from engine.config import (
+    JobSpec,
+    LossSpec,
+    ModelSpec,
+    ResampleSpec,
+    SamplerSpec,
+    SpecError,
+    TrainSpec,
+    TuneSpec,
+    build_section,
+)
+
+log = logging.getLogger("raybalance")
+
+TUNE_DIR = "tune"
+EXPERIMENT = "tune"  # RunConfig(name=...): the experiment is RUN_DIR/tune/ray/tune
+METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss")
+FORMS = ("choice", "grid", "uniform", "loguniform", "randint")
+SECTIONS: dict[str, type] = {
+    "loss": LossSpec,
+    "sampler": SamplerSpec,
+    "train": TrainSpec,
+    "model": ModelSpec,
+    "resample": ResampleSpec,
+}
+WEIGHT_POWER = "loss.weight_power"
+NOT_SEARCHABLE = {
+    "train.epochs": "it is ASHA's budget (max_t); set train.epochs outside the search",
+    "train.num_workers": "it sizes the trials; set train.num_workers outside the search",
+    "train.use_gpu": "it sizes the trials; set train.use_gpu outside the search",
+    "train.cpus_per_worker": "it sizes the trials; set train.cpus_per_worker outside the search",
+    "train.metric": "trials keep their best epoch by tune.metric",
+}
+SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
+TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
+LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax", "ldam")
+
+
+# --------------------------------------------------------------------------------------------
+# the search-space grammar
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One knob's distribution: ``form`` in FORMS or ``fixed``; ``args`` its values/bounds."""
+
+    form: str
+    args: tuple[Any, ...]
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _error(key: str, reason: str) -> SpecError:
+    return SpecError(f"search_space.{key}", reason)
+
+
+def _check_key(key: str) -> None:
+    if key == WEIGHT_POWER:
+        return
+    if key in NOT_SEARCHABLE:
+        raise _error(key, f"not searchable: {NOT_SEARCHABLE[key]}")
+    section, dot, name = key.partition(".")
+    if not dot or "." in name or section not in SECTIONS:
+        raise _error(
+            key,
+            f"unknown key; use <section>.<field> with a section in {list(SECTIONS)}, or "
+            f"{WEIGHT_POWER}",
+        )
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in names:
+        raise _error(key, f"unknown key; {SECTIONS[section].__name__} has: {', '.join(names)}")
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Check ``value`` as the value of ``key`` by building its section with it."""
+    if key == WEIGHT_POWER:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise _error(key, f"the class-weight exponent must be a number >= 0, got {value!r}")
+        return
+    section, _, name = key.partition(".")
+    try:
+        build_section(SECTIONS[section], {name: value})
+    except SpecError as e:
+        hint = ""
+        if isinstance(value, dict) and len(value) == 1:
+            hint = f" (a distribution is one of {{{'|'.join(FORMS)}: [...]}})"
+        raise _error(key, f"{e.reason}{hint}") from None
+
+
+def parse_dist(key: str, value: Any) -> Dist | None:
+    """One search-space entry -> its ``Dist`` (None: drop the default knob)."""
+    _check_key(key)
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in FORMS):
+        _check_value(key, value)
+        return Dist("fixed", (value,))
+    form, args = next(iter(value.items()))
+    if not isinstance(args, list) or not args:
+        raise _error(key, f"{form} takes a non-empty list, got {args!r}")
+    if form in ("choice", "grid"):
+        for v in args:
+            _check_value(key, v)
+        return Dist(form, tuple(args))
+    if len(args) != 2 or not all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
+    ):
+        raise _error(key, f"{form} takes [low, high] (two numbers), got {args!r}")
+    lo, hi = args
+    if form == "randint":
+        if not all(isinstance(a, int) for a in args) or hi <= lo:
+            raise _error(key, f"randint takes integers [low, high) with low < high, got {args}")
+        _check_value(key, lo)
+        _check_value(key, hi - 1)
+        return Dist(form, (lo, hi))
+    if not lo < hi:
+        raise _error(key, f"{form} needs low < high, got {args}")
+    if form == "loguniform" and lo <= 0:
+        raise _error(key, f"loguniform needs 0 < low, got {args}")
+    _check_value(key, float(lo))
+    _check_value(key, float(hi))
+    return Dist(form, (float(lo), float(hi)))
+
+
+def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as they are; a bare section name holding a mapping is flattened one level."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if "." not in key and key in SECTIONS and isinstance(value, dict):
+            for name, v in value.items():
+                flat[f"{key}.{name}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_search_space(raw: Mapping[str, Any] | None, *, tpe: bool = False) -> dict[str, Any]:
+    """``tune.search_space`` -> {dotted key: Dist or None}. Raises ``SpecError`` naming the key."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError("search_space", f"must be a mapping of dotted keys, got {raw!r}")
+    space = {key: parse_dist(key, value) for key, value in _flatten(raw).items()}
+    if tpe:
+        grids = [k for k, d in space.items() if d is not None and d.form == "grid"]
+        if grids:
+            raise _error(grids[0], "grid is not supported with scheduler tpe; use choice")
+    return space
+
+
+def default_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
+    """The default knobs, derived from the spec (and the train split's class counts)."""
+    lr = spec.train.lr
+    space = {
+        "loss.name": Dist("choice", LOSSES),
+        WEIGHT_POWER: Dist("uniform", (0.0, 1.0)),
+        "loss.gamma": Dist("uniform", (0.0, 3.0)),
+        "loss.tau": Dist("uniform", (0.5, 2.0)),
+        "sampler.kind": Dist("choice", ("none", "balanced")),
+        "sampler.power": Dist("uniform", (0.0, 1.0)),
+        "train.lr": Dist("loguniform", (lr / 10, lr * 10)),
+    }
+    if spec.resample.method != "none" and not callable(spec.resample.sampling_strategy):
+        options: list[Any] = [spec.resample.sampling_strategy, {"power": 0.5}]
+        if counts is not None and len(counts) and counts.min() > 0:
+            ratio = float(counts.max() / counts.min())
+            if ratio > 4:
+                options.append({"max_ratio": round(math.sqrt(ratio), 1)})
+        unique = []
+        for o in options:
+            if o not in unique:
+                unique.append(o)
+        space["resample.sampling_strategy"] = Dist("choice", tuple(unique))
+    return space
+
+
+def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
+    """The defaults updated with ``spec.tune.search_space`` (a null value drops a knob)."""
+    space: dict[str, Dist | None] = dict(default_search_space(spec, counts))
+    space.update(parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe"))
+    return {k: d for k, d in space.items() if d is not None}
+
+
+def _weights_active(v: Mapping[str, Any]) -> bool:
+    return v["loss.name"] in ("weighted_ce", "focal")
+
+
+# knob -> when it changes the trial, given the trial's values (spec values + sampled knobs)
+ACTIVE: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "loss.gamma": lambda v: (
+        v["loss.name"] == "focal"
+        or (v["loss.name"] == "class_balanced" and v["loss.base"] == "focal")
+    ),
+    "loss.tau": lambda v: v["loss.name"] == "logit_adjusted",
+    "loss.beta": lambda v: v["loss.name"] in ("class_balanced", "ldam"),
+    "loss.base": lambda v: v["loss.name"] == "class_balanced",
+    "loss.max_margin": lambda v: v["loss.name"] == "ldam",
+    "loss.scale": lambda v: v["loss.name"] == "ldam",
+    "loss.drw_epoch": lambda v: v["loss.name"] == "ldam",
+    "loss.weights": _weights_active,
+    WEIGHT_POWER: _weights_active,
+    "sampler.power": lambda v: v["sampler.kind"] == "balanced",
+    "sampler.buffer_rows": lambda v: v["sampler.mode"] == "stream",
+}
+
+
+def trial_values(spec: JobSpec, knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every searchable key's value in a trial: the spec's, replaced by the sampled knobs."""
+    values = {
+        f"{section}.{f.name}": getattr(getattr(spec, section), f.name)
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    }
+    values[WEIGHT_POWER] = None
+    values.update(knobs)
+    return values
+
+
+def is_active(key: str, values: Mapping[str, Any]) -> bool:
+    """Whether the knob ``key`` changes a trial with these ``values`` (see ``ACTIVE``)."""
+    rule = ACTIVE.get(key)
+    return True if rule is None else bool(rule(values))
+
+
+def power_weights(counts: np.ndarray, p: float) -> np.ndarray:
+    """w_c ∝ n_c^-p, scaled so that the mean weight per row is 1 (classes with no rows: 0)."""
+    n = np.asarray(counts, dtype=np.float64)
+    w = np.where(n > 0, np.power(np.maximum(n, 1), -float(p)), 0.0)
+    return w * n.sum() / (w * n).sum()
+
+
+def apply_knobs(spec: JobSpec, knobs: Mapping[str, Any], counts: np.ndarray, keys: list[str]):
+    """The trial's spec: the spec with the sampled knobs set (sections rebuilt and re-checked).
+
+    ``counts`` are the rows per class the trial trains on (``keys`` their labels): the
+    ``loss.weight_power`` knob becomes explicit ``loss.weights`` computed from them.
+    """
+    values = trial_values(spec, knobs)
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in knobs.items():
+        if key == WEIGHT_POWER:
+            continue
+        section, _, name = key.partition(".")
+        changes.setdefault(section, {})[name] = value
+    if WEIGHT_POWER in knobs and is_active(WEIGHT_POWER, values):
+        w = power_weights(counts, knobs[WEIGHT_POWER])
+        changes.setdefault("loss", {})["weights"] = dict(zip(keys, w.tolist()))
+    elif values["loss.name"] == "weighted_ce" and values["loss.weights"] is None:
+        changes.setdefault("loss", {})["weights"] = "inverse"  # weighted_ce needs weights
+    out = spec
+    for section, change in changes.items():
+        current = asdict(getattr(spec, section))
+        try:
+            new = build_section(SECTIONS[section], {**current, **change})
+        except SpecError as e:
+            raise ValueError(f"trial knobs {dict(knobs)}: {section}.{e.key}: {e.reason}") from None
+        out = replace(out, **{section: new})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tune domains (JSON-encoding choices Optuna cannot hold)
+
+
+def _encoded(d: Dist) -> bool:
+    """Values Tune would read as nested spaces and Optuna cannot hold travel as JSON text."""
+    return d.form in ("choice", "grid", "fixed") and not all(_is_scalar(v) for v in d.args)
+
+
+def to_param_space(space: Mapping[str, Dist]) -> dict[str, Any]:
+    """Tune's ``param_space`` for ``space``; non-scalar values become JSON strings."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, d in space.items():
+        args = [json.dumps(v) for v in d.args] if _encoded(d) else list(d.args)
+        if d.form == "fixed":
+            out[key] = args[0]
+        elif d.form == "choice":
+            out[key] = tune.choice(args)
+        elif d.form == "grid":
+            out[key] = tune.grid_search(args)
+        elif d.form == "uniform":
+            out[key] = tune.uniform(*args)
+        elif d.form == "loguniform":
+            out[key] = tune.loguniform(*args)
+        elif d.form == "randint":
+            out[key] = tune.randint(*args)
+        else:  # pragma: no cover - parse_dist only makes the forms above
+            raise AssertionError(d.form)
+    return out
+
+
+def decode_knobs(config: Mapping[str, Any], space: Mapping[str, Dist]) -> dict[str, Any]:
+    """A trial's Tune config -> the knobs' values (JSON-encoded choices decoded)."""
+    knobs = {}
+    for key, d in space.items():
+        v = config[key]
+        knobs[key] = json.loads(v) if _encoded(d) and isinstance(v, str) else v
+    return knobs
+
+
+def grid_size(space: Mapping[str, Dist]) -> int:
+    return math.prod(len(d.args) for d in space.values() if d is not None and d.form == "grid")
+
+
+# --------------------------------------------------------------------------------------------
+# how many trials at once
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    max_concurrent: int
+    cpus_per_worker: float
+
+
+def trial_resources(
+    cluster: Mapping[str, float],
+    train: TrainSpec,
+    *,
+    streaming: bool,
+    trials: int,
+    limit: int | None = None,
+) -> TrialResources:
+    """How many trials run at once and the CPUs of each trial's Train workers.
+
+    One CPU is kept for Ray Data and resampling tasks (on a 1-CPU cluster, half of it when the
+    workers stream). The rest holds every running trial: its 0.01-CPU trial actor and
+    ``num_workers`` workers at ``train.cpus_per_worker`` (default: 1 CPU each, shrunk to fit
+    ``limit`` trials when ``tune.max_concurrent_trials`` asks for more than that; never below
+    0.05). With ``use_gpu`` a trial needs ``num_workers`` GPUs.
+
+    Raises:
+        ValueError: when the trials cannot all fit: an explicit ``limit`` with an explicit
+            ``cpus_per_worker`` or with too few GPUs, or a share below 0.05 CPU (trainers
+            would wait for resources that are never freed and time out).
+    """
+    cpus = float(cluster.get("CPU", 0.0))
+    gpus = float(cluster.get("GPU", 0.0))
+    nw = train.num_workers
+    reserve = 1.0 if cpus >= 2 else (cpus / 2 if streaming else 0.0)
+    usable = max(cpus - reserve, 0.0)
+    eps = 1e-9
+    if train.cpus_per_worker is not None:
+        fit = int((usable + eps) // (nw * train.cpus_per_worker + TRIAL_CPU))
+    else:
+        fit = int((usable + eps) // nw)  # 1 CPU per worker, less the trial actors' share
+    n = max(1, fit)
+    if train.use_gpu:
+        n = min(n, max(1, int((gpus + eps) // nw)))
+    n = min(n, max(1, trials))
+    if limit is not None:
+        if train.cpus_per_worker is not None and limit > max(fit, 1):
+            raise ValueError(
+                f"tune.max_concurrent_trials={limit} trials of {nw} worker(s) at "
+                f"train.cpus_per_worker={train.cpus_per_worker} need "
+                f"{limit * (nw * train.cpus_per_worker + TRIAL_CPU):g} CPUs, the cluster has "
+                f"{cpus:g} ({reserve:g} kept for data tasks); lower one of them, or set "
+                "train.cpus_per_worker=null to derive it"
+            )
+        if train.use_gpu and limit * nw > gpus + eps:
+            raise ValueError(
+                f"tune.max_concurrent_trials={limit} trials of {nw} GPU worker(s) need "
+                f"{limit * nw} GPUs, the cluster has {gpus:g}"
+            )
+        n = min(limit, max(1, trials))
+    if train.cpus_per_worker is not None:
+        return TrialResources(n, float(train.cpus_per_worker))
+    share = (usable - n * TRIAL_CPU) / (n * nw) if usable > 0 else 0.0
+    share = math.floor(share * 100) / 100  # round down: the sum must fit
+    if share < 0.05:
+        raise ValueError(
+            f"{n} trial(s) of {nw} worker(s) leave {share:g} CPU per worker on a cluster of "
+            f"{cpus:g} CPUs ({reserve:g} kept for data tasks); lower tune.max_concurrent_trials "
+            "or train.num_workers"
+        )
+    return TrialResources(n, float(min(share, 8.0)))
+
+
+# --------------------------------------------------------------------------------------------
+# one trial
+
+
+def _trial_train_data(spec: JobSpec, resample_spec: ResampleSpec, out: str, keys: list[str]):
+    """(Source, counts) of the train split resampled with the trial's own resample section,
+    into ``out/resampled`` (reused when a complete one is there: a retried trial)."""
+    from engine.data import LabelMap, read_schema, resolve_columns, resolve_source
+    from engine.io import join, read_json
+    from engine.prepare import model_data, split_dir
+    from engine.resample import resample
+    from engine.split import read_manifest
+
+    run_dir = spec.run_dir
+    plain = resolve_source(split_dir(run_dir, "train"))
+    manifest = read_manifest(join(run_dir, "splits"))
+    counts = manifest["counts"]["train"]
+    if resample_spec.method == "none":
+        return plain, np.array([counts[k] for k in keys])
+    done = join(out, "resampled", "stats.json")
+    if not os.path.exists(done):
+        import ray
+
+        label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
+        schema = read_schema(plain)
+        cols = resolve_columns(schema, model_data(spec), where=plain.files[0])
+        # Tune's trial placement group (0.01 CPU) captures the trial's child tasks; a task
+        # scheduled outside it lets the resampling tasks use the cluster's CPUs.
+        task = ray.remote(num_cpus=0)(resample).options(scheduling_strategy="DEFAULT")
+        ray.get(
+            task.remote(
+                plain,
+                cols,
+                label_map,
+                counts,
+                resample_spec,
+                join(out, "resampled"),
+                schema,
+                stats_spec=spec.stats,
+                stats_extra={"source": plain.path},
+            )
+        )
+    after = read_json(done)["counts"]
+    return resolve_source(join(out, "resampled", "train")), np.array([after[k] for k in keys])
+
+
+def _append_attempt(out: str, knobs: Mapping[str, Any]) -> None:
+    with open(os.path.join(out, "attempts.jsonl"), "a") as f:
+        f.write(json.dumps({"time": time.time(), "pid": os.getpid(), "knobs": knobs}) + "\n")
+
+
+def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, Any]) -> None:
+    """A Tune trial: the job's spec with this trial's knobs, trained by ``fit`` into
+    ``RUN_DIR/tune/trials/<trial_id>/``; Ray Train's reports reach Tune through
+    ``TuneReportCallback``. ``job`` is ``asdict(spec)`` (``train.cpus_per_worker`` derived by
+    ``trial_resources``, ``train.metric`` = ``tune.metric``), ``space`` the resolved space as
+    {key: [form, args]}."""
+    import ray.data
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from engine.data import LabelMap
+    from engine.io import join, read_json
+    from engine.split import read_manifest
+    from engine.train import fit, train_source
+
+    # one progress bar per Ray Data execution of every trial drowns Tune's own progress
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    spec = build_section(JobSpec, job)
+    dists = {k: Dist(form, tuple(args)) for k, (form, args) in space.items()}
+    knobs = decode_knobs(config, dists)
+    trial_id = tune.get_context().get_trial_id()
+    out = join(spec.run_dir, TUNE_DIR, "trials", trial_id)
+    os.makedirs(out, exist_ok=True)
+    _append_attempt(out, knobs)
+
+    done = join(out, "metrics.json")
+    if os.path.exists(done):
+        # fit finished but Tune never recorded it (the search was interrupted): report again
+        with open(done) as f:
+            for row in json.load(f):
+                tune.report({k: v for k, v in row.items() if k != "val_recall"})
+        return
+
+    keys = LabelMap.from_json(read_json(join(spec.run_dir, "label_map.json"))).keys
+    resample_spec = build_section(
+        ResampleSpec,
+        {
+            **asdict(spec.resample),
+            **{k.partition(".")[2]: v for k, v in knobs.items() if k.startswith("resample.")},
+        },
+    )
+    train_data = None
+    if resample_spec != spec.resample:
+        train_data = _trial_train_data(spec, resample_spec, out, keys)
+        counts = train_data[1]
+    else:
+        manifest = read_manifest(join(spec.run_dir, "splits"))
+        counts = train_source(spec.run_dir, keys, manifest)[1]
+    trial = apply_knobs(spec, knobs, counts, keys)
+    # the run's splits were prepared with spec.resample: fit checks that section
+    trial = replace(trial, resample=spec.resample)
+    fit(trial, out_dir=out, callbacks=[TuneReportCallback()], train_data=train_data)
+
+
+# --------------------------------------------------------------------------------------------
+# the search
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    results_path: str
+    table: Any  # pandas.DataFrame, best trial first
+    best: dict[str, Any] | None
+
+
+def _mode(metric: str) -> str:
+    return "min" if metric == "val_loss" else "max"
+
+
+def _search_record(spec: JobSpec, space: Mapping[str, Dist]) -> dict[str, Any]:
+    """What must match for an interrupted search to be restored."""
+    d = asdict(spec)
+    rec = {s: d[s] for s in ("data", "stats", "split", "resample", "embed", *SECTIONS, "tune")}
+    rec["space"] = {k: [dd.form, list(dd.args)] for k, dd in space.items()}
+    return json.loads(json.dumps(rec, default=repr))
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ":" in ln and not ln.startswith(("File ", "^", "~")):
+            return ln[:1000]
+    return (lines[-1] if lines else type(error).__name__)[:1000]
+
+
+def _export_best(trial_dir: str, rows: list[dict[str, Any]], metric: str) -> str | None:
+    """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model."""
+    best = os.path.join(trial_dir, "best")
+    if os.path.isdir(best):
+        return best
+    sign = -1 if _mode(metric) == "min" else 1
+    ranked = sorted(
+        (r for r in rows if r.get("checkpoint_path") and _finite(r.get(metric))),
+        key=lambda r: -sign * r[metric],
+    )
+    for r in ranked:
+        src = os.path.join(str(r["checkpoint_path"]), "model")
+        if os.path.isdir(src):
+            tmp = best + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            os.replace(tmp, best)
+            return best
+    return None
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: str):
+    """One row per trial of a Tune ``ResultGrid``, best first (errors last)."""
+    import pandas as pd
+
+    metric = spec.tune.metric
+    rows = []
+    for result in grid:
+        trial_id = result.metrics.get("trial_id")
+        knobs = decode_knobs(result.config, space)
+        values = trial_values(spec, knobs)
+        trial_dir = os.path.join(trials_dir, trial_id)
+        history: list[dict[str, Any]] = []
+        finished = os.path.join(trial_dir, "metrics.json")
+        df = result.metrics_dataframe
+        if os.path.exists(finished):  # fit's own history: whole even across restarts
+            with open(finished) as f:
+                history = json.load(f)
+        elif df is not None and len(df) and "epoch" in df.columns:
+            df = df[df["epoch"].notna()].drop_duplicates("epoch", keep="last")
+            history = df.sort_values("epoch").to_dict("records")
+        best_dir = _export_best(trial_dir, history, metric) if history else None
+        scored = [r for r in history if _finite(r.get(metric))]
+        best_row = (
+            (min if _mode(metric) == "min" else max)(scored, key=lambda r: r[metric])
+            if scored
+            else {}
+        )
+        attempts_file = os.path.join(trial_dir, "attempts.jsonl")
+        attempts = 0
+        if os.path.exists(attempts_file):
+            with open(attempts_file) as f:
+                attempts = sum(1 for _ in f)
+        if result.error is not None:
+            status = "error"
+        elif len(history) >= spec.train.epochs:
+            status = "completed"
+        else:
+            status = "stopped"
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status, "attempts": attempts}
+        for key, d in space.items():
+            v = knobs[key]
+            if _encoded(d) or not _is_scalar(v):
+                v = json.dumps(v, sort_keys=True)  # a column of JSON text, like Tune's config
+            row[key] = v if is_active(key, values) else None
+        for m in METRICS:
+            row[m] = best_row.get(m)
+        row["best_epoch"] = int(best_row["epoch"]) + 1 if best_row else None
+        row["epochs"] = len(history)
+        row["best_dir"] = best_dir
+        row["error"] = _error_line(result.error)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not len(table):
+        return table
+    for key in space:  # a knob column of mixed types is stored as JSON text
+        col = table[key]
+        kinds = {type(v) for v in col if v is not None}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            table[key] = [None if v is None else json.dumps(v) for v in col]
+    order = table[metric].astype(float)
+    table = table.assign(
+        _e=table["status"] == "error", _k=order if _mode(metric) == "min" else -order
+    )
+    table = table.sort_values(["_e", "_k", "trial_id"], na_position="last")
+    return table.drop(columns=["_e", "_k"]).reset_index(drop=True)
+
+
+def _write_results(table, tune_dir: str) -> str:
+    import pyarrow as pa
+
+    from engine.io import write_atomic, write_parquet_atomic
+
+    path = os.path.join(tune_dir, "results.parquet")
+    csv_text = table.to_csv(index=False).encode()
+
+    def write_csv(fs, tmp):
+        with fs.open_output_stream(tmp) as f:
+            f.write(csv_text)
+
+    write_atomic(os.path.join(tune_dir, "results.csv"), write_csv)
+    write_parquet_atomic(path, pa.Table.from_pandas(table, preserve_index=False))
+    return path
+
+
+def _state_api_probe() -> str | None:
+    from ray.util.state import list_nodes
+
+    try:
+        list_nodes(limit=1, timeout=10)
+    except Exception as e:  # what Train's PlacementGroupCleaner would hit
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def check_trainer_cleanup() -> None:
+    """Fail early where Ray Train could not free the placement group of a trial Tune kills.
+
+    Train's detached ``PlacementGroupCleaner`` watches each trainer through the state API from
+    a worker; without the dashboard, or when the worker cannot tell this cluster from another
+    Ray on the machine, it fails and every early-stopped trial keeps its CPUs: the next trials
+    wait forever. The same call is tried here, from a worker.
+    """
+    import ray
+
+    probe = ray.remote(num_cpus=0)(_state_api_probe).options(scheduling_strategy="DEFAULT")
+    error = ray.get(probe.remote())
+    if error is not None:
+        raise ValueError(
+            "Tune trials that run Ray Train need Ray's state API in the workers (Train frees a "
+            "stopped trial's CPUs through it), and it failed there: "
+            f"{error.splitlines()[0]}. Start Ray with the dashboard (include_dashboard=True) "
+            "and give the workers RAY_ADDRESS (runtime_env env_vars) when other Ray instances "
+            "run on this machine; `raybalance tune` does both for its embedded Ray."
+        )
+
+
+def new_tuner(
+    trainable: Any,
+    t: TuneSpec,
+    epochs: int,
+    space: Mapping[str, Dist],
+    max_concurrent: int,
+    storage: str,
+):
+    """The ``Tuner`` of a new search: ``t.scheduler``'s searcher and scheduler over ``space``,
+    at most ``max_concurrent`` trials at once, its experiment in ``storage/tune``."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    scheduler = (
+        FIFOScheduler()
+        if t.scheduler == "fifo"
+        # max_t one past the last epoch: ASHA stops (kills) a trial that reaches max_t, and a
+        # trial that ends by itself lets fit export its best model and metrics
+        else ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=1)
+    )
+    if t.scheduler == "tpe":
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(seed=t.seed)
+    else:
+        # a SearchGenerator ignores TuneConfig.max_concurrent_trials: limit it here
+        searcher = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent)
+    return tune.Tuner(
+        trainable,
+        param_space=to_param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=_mode(t.metric),
+            num_samples=t.num_samples,
+            scheduler=scheduler,
+            search_alg=searcher,
+            max_concurrent_trials=max_concurrent if t.scheduler == "tpe" else None,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            # the experiment state (which trials finished) is staged in Ray's session dir and
+            # copied to storage_path every sync_period (default 300 s): a resume after a crash
+            # only knows what was copied
+            sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
+        ),
+    )
+
+
+def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
+    """Run (or resume) the Tune search of ``spec.tune`` over the run's prepared splits.
+
+    Writes ``RUN_DIR/tune/`` (see the module docstring) and returns the results table.
+
+    Needs a Ray whose workers reach the state API (``check_trainer_cleanup``): the dashboard
+    on, and ``RAY_ADDRESS`` in the workers when other Ray instances share the machine.
+
+    Raises:
+        ValueError: no prepared splits, a finished search without ``overwrite``, an
+            interrupted search made with another spec, trials that cannot all fit on the
+            cluster, or workers without the state API.
+    """
+    import pandas as pd
+    import ray
+    from ray import tune
+
+    from engine.data import LabelMap
+    from engine.io import join, read_json, write_json_atomic
+    from engine.split import read_manifest
+    from engine.train import train_source
+
+    t = spec.tune
+    if t.metric not in METRICS:
+        raise ValueError(f"tune.metric={t.metric!r}: use one of {list(METRICS)}")
+    run_dir = os.path.abspath(spec.run_dir)
+    model = spec.model
+    if os.path.isdir(model.path) and not os.path.isabs(model.path):
+        model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd
+    spec = replace(spec, run_dir=run_dir, model=model)
+    manifest = read_manifest(join(run_dir, "splits"))
+    if manifest is None:
+        raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
+    keys = LabelMap.from_json(read_json(join(run_dir, "label_map.json"))).keys
+    counts = train_source(run_dir, keys, manifest)[1]
+
+    tune_dir = join(run_dir, TUNE_DIR)
+    results_path = join(tune_dir, "results.parquet")
+    if os.path.exists(results_path):
+        if not overwrite:
+            raise ValueError(
+                f"{tune_dir} holds a finished search; pass --overwrite to search again"
+            )
+        shutil.rmtree(tune_dir)
+    elif overwrite and os.path.exists(tune_dir):
+        shutil.rmtree(tune_dir)
+
+    check_trainer_cleanup()
+    space = resolve_search_space(spec, counts)
+    modes = space["sampler.mode"].args if "sampler.mode" in space else (spec.sampler.mode,)
+    res = trial_resources(
+        ray.cluster_resources(),
+        spec.train,
+        streaming="stream" in modes,
+        trials=t.num_samples * grid_size(space),
+        limit=t.max_concurrent_trials,
+    )
+    train = replace(spec.train, cpus_per_worker=res.cpus_per_worker, metric=t.metric)
+    job = asdict(replace(spec, train=train))
+    record = _search_record(spec, space)
+    record_path = join(tune_dir, "search.json")
+    storage = join(tune_dir, "ray")
+    experiment = join(storage, EXPERIMENT)
+    restore = tune.Tuner.can_restore(experiment)
+    if restore:
+        if not os.path.exists(record_path) or read_json(record_path) != record:
+            raise ValueError(
+                f"{tune_dir} holds an interrupted search made with another spec; pass "
+                "--overwrite to start a new search"
+            )
+    else:
+        # a search that never saved its state: nothing there can be resumed
+        for stale in (experiment, join(tune_dir, "trials")):
+            if os.path.exists(stale):
+                shutil.rmtree(stale)
+        write_json_atomic(record_path, record)
+    os.makedirs(join(tune_dir, "trials"), exist_ok=True)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, job=job, space={k: [d.form, list(d.args)] for k, d in space.items()}
+        ),
+        {"cpu": TRIAL_CPU},
+    )
+    log.info(
+        "tune: %d trial(s), %d at once, %g CPU per Train worker, scheduler %s, metric %s",
+        t.num_samples * grid_size(space),
+        res.max_concurrent,
+        res.cpus_per_worker,
+        t.scheduler,
+        t.metric,
+    )
+    if restore:
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        tuner = new_tuner(trainable, t, spec.train.epochs, space, res.max_concurrent, storage)
+    grid = tuner.fit()
+    table = results_table(grid, spec, space, join(tune_dir, "trials"))
+    path = _write_results(table, tune_dir)
+    ok = table[table["status"] != "error"] if len(table) else table
+    best = ok.iloc[0].to_dict() if len(ok) and pd.notna(ok.iloc[0][t.metric]) else None
+    return TuneResult(path, table, best)

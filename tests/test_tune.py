@@ -1,0 +1,435 @@
+"""The Tune search: the search-space grammar, trial sizing, the knobs a trial applies, and real
+searches on their own embedded Ray (`python -m jobs.tune` in a subprocess with the dashboard on,
+in a short temp dir of its own): end to end with an ASHA search where some trials fail past
+their retries, and a search killed mid-way that resumes without re-running finished trials."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.config import SpecError, TrainSpec, load_spec
+from engine.tune import (
+    Dist,
+    apply_knobs,
+    decode_knobs,
+    default_search_space,
+    grid_size,
+    is_active,
+    parse_search_space,
+    power_weights,
+    resolve_search_space,
+    to_param_space,
+    trial_resources,
+    trial_values,
+)
+
+ROOT = Path(__file__).parent.parent
+CONFIG = ROOT / "jobs/configs/digits_lt100.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# the search-space grammar
+
+
+def test_grammar_parses_every_form_nested_sections_constants_and_null():
+    space = parse_search_space(
+        {
+            "loss.name": {"choice": ["ce", "focal"]},
+            "train.lr": {"loguniform": [1e-4, 1e-2]},
+            "loss.gamma": {"uniform": [0, 3]},
+            "train.batch_size": {"randint": [16, 65]},
+            "sampler.kind": {"grid": ["none", "balanced"]},
+            "resample.sampling_strategy": {"power": 0.5},  # a dict that is a value
+            "model": {"dropout": 0.2, "hidden": {"choice": [[16], [32, 16]]}},
+            "loss.tau": None,
+            "loss.weight_power": {"uniform": [0, 1.5]},
+        }
+    )
+    assert space["loss.name"] == Dist("choice", ("ce", "focal"))
+    assert space["train.lr"] == Dist("loguniform", (1e-4, 1e-2))
+    assert space["loss.gamma"] == Dist("uniform", (0.0, 3.0))
+    assert space["train.batch_size"] == Dist("randint", (16, 65))
+    assert space["sampler.kind"] == Dist("grid", ("none", "balanced"))
+    assert space["resample.sampling_strategy"] == Dist("fixed", ({"power": 0.5},))
+    assert space["model.dropout"] == Dist("fixed", (0.2,))
+    assert space["model.hidden"] == Dist("choice", ([16], [32, 16]))
+    assert space["loss.tau"] is None
+    assert grid_size(space) == 2 and parse_search_space(None) == {}
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("tune.search_space={loss.nme: {choice: [ce]}}", r"tune\.search_space\.loss\.nme: unknown"),
+        ("tune.search_space={lss.name: ce}", r"tune\.search_space\.lss\.name: unknown key"),
+        ("tune.search_space={loss: {name: {choice: [ce, focall]}}}", "got 'focall'"),
+        ("tune.search_space.loss.gamma={uniform: [-1, 3]}", r"loss\.gamma: must be >= 0"),
+        ("tune.search_space.train.epochs={choice: [2, 3]}", r"train\.epochs: not searchable"),
+        ("tune.search_space={train.lr: {loguniform: [0, 1]}}", "0 < low"),
+        ("tune.search_space={train.lr: {uniform: [1, 0.1]}}", "low < high"),
+        ("tune.search_space={train.lr: {choice: []}}", "non-empty list"),
+        ("tune.search_space={train.batch_size: {randint: [1.5, 8]}}", "integers"),
+        ("tune.search_space={loss.gamma: {unifrm: [0, 1]}}", r"must be float.*a distribution"),
+        ("tune.search_space={loss.weight_power: -1}", "exponent must be a number >= 0"),
+    ],
+)
+def test_bad_search_spaces_fail_at_load_naming_the_key(override, match):
+    with pytest.raises(SpecError, match=match):
+        load_spec(CONFIG, [override])
+
+
+def test_grid_is_refused_with_tpe_and_the_metric_is_checked():
+    with pytest.raises(SpecError, match="grid is not supported with scheduler tpe"):
+        load_spec(CONFIG, ["tune.scheduler=tpe", "tune.search_space={train.lr: {grid: [0.1]}}"])
+    with pytest.raises(SpecError, match=r"tune\.metric: must be one of"):
+        load_spec(CONFIG, ["tune.metric=accuracy"])
+
+
+def test_default_space_is_derived_from_the_spec_and_counts_and_overridden():
+    spec = load_spec(CONFIG, ["train.lr=0.002"])
+    space = default_search_space(spec)
+    assert set(space) == {
+        "loss.name",
+        "loss.weight_power",
+        "loss.gamma",
+        "loss.tau",
+        "sampler.kind",
+        "sampler.power",
+        "train.lr",
+    }
+    assert space["train.lr"].args == pytest.approx((0.0002, 0.02))
+    assert "ldam" in space["loss.name"].args and "weighted_ce" in space["loss.name"].args
+
+    over = load_spec(
+        CONFIG,
+        [
+            "resample.method=random_over",
+            "tune.search_space={loss.tau: null, train.lr: 0.01, loss.beta: {uniform: [0.9, 0.99]}}",
+        ],
+    )
+    counts = np.array([100, 50, 4])
+    resolved = resolve_search_space(over, counts)
+    strategies = resolved["resample.sampling_strategy"].args
+    assert strategies == ("auto", {"power": 0.5}, {"max_ratio": 5.0})  # sqrt(100 / 4)
+    assert "loss.tau" not in resolved and resolved["train.lr"] == Dist("fixed", (0.01,))
+    assert resolved["loss.beta"] == Dist("uniform", (0.9, 0.99))
+
+
+def test_choices_of_values_optuna_cannot_hold_round_trip_through_json():
+    space = {
+        "resample.sampling_strategy": Dist("choice", ("auto", {"power": 0.5})),
+        "model.hidden": Dist("fixed", ([8, 8],)),
+        "loss.name": Dist("choice", ("ce", "focal")),
+    }
+    params = to_param_space(space)
+    assert params["resample.sampling_strategy"].categories == ['"auto"', '{"power": 0.5}']
+    assert params["model.hidden"] == "[8, 8]"
+    config = {"resample.sampling_strategy": '{"power": 0.5}', "model.hidden": "[8, 8]"}
+    config["loss.name"] = "focal"
+    knobs = decode_knobs(config, space)
+    assert knobs == {
+        "resample.sampling_strategy": {"power": 0.5},
+        "model.hidden": [8, 8],
+        "loss.name": "focal",
+    }
+
+
+def test_conditional_knobs_are_applied_only_where_they_mean_something():
+    spec = load_spec(CONFIG, ["loss.name=ce"])
+    keys = [str(i) for i in range(3)]
+    counts = np.array([100, 10, 1])
+    knobs = {
+        "loss.name": "ce",
+        "loss.gamma": 1.5,
+        "loss.tau": 0.7,
+        "loss.weight_power": 1.0,
+        "sampler.kind": "none",
+        "sampler.power": 0.3,
+    }
+    values = trial_values(spec, knobs)
+    active = {k for k in knobs if is_active(k, values)}
+    assert active == {"loss.name", "sampler.kind"}
+    trial = apply_knobs(spec, knobs, counts, keys)
+    assert trial.loss.weights is None and trial.loss.gamma == 1.5  # sampled, ignored by ce
+
+    focal = apply_knobs(spec, {**knobs, "loss.name": "focal"}, counts, keys)
+    w = np.array([focal.loss.weights[k] for k in keys])
+    np.testing.assert_allclose(w, power_weights(counts, 1.0))
+    assert (w * counts).sum() == pytest.approx(counts.sum())  # mean weight per row 1
+    np.testing.assert_allclose(w[0] / w[2], 0.01)  # w_c ∝ n_c^-1
+    assert is_active("loss.gamma", trial_values(spec, {"loss.name": "focal"}))
+    assert is_active("loss.tau", trial_values(spec, {"loss.name": "logit_adjusted"}))
+    assert is_active("sampler.power", trial_values(spec, {"sampler.kind": "balanced"}))
+
+    # weighted_ce without the power knob still gets weights (the inverse scheme)
+    weighted = apply_knobs(spec, {"loss.name": "weighted_ce"}, counts, keys)
+    assert weighted.loss.weights == "inverse"
+    with pytest.raises(ValueError, match="trial knobs"):
+        apply_knobs(spec, {"train.batch_size": 0}, counts, keys)
+
+
+# --------------------------------------------------------------------------------------------
+# how many trials at once
+
+
+def _fits(cluster, train, res, reserve):
+    need = res.max_concurrent * (train.num_workers * res.cpus_per_worker + 0.01)
+    return need <= cluster["CPU"] - reserve + 1e-9
+
+
+@pytest.mark.parametrize(
+    "cluster, train, kw, expected",
+    [
+        ({"CPU": 2}, {}, {}, (1, 0.99)),  # one CPU kept for the trials' data tasks
+        ({"CPU": 2}, {}, {"limit": 2}, (2, 0.49)),  # more trials asked: smaller shares
+        ({"CPU": 16}, {"num_workers": 2}, {}, (7, 1.06)),
+        ({"CPU": 16}, {}, {"trials": 3}, (3, 4.99)),  # few trials: bigger shares
+        ({"CPU": 64}, {}, {"trials": 64}, (63, 0.99)),
+        ({"CPU": 16, "GPU": 2}, {"use_gpu": True}, {}, (2, 7.49)),  # one GPU per trial
+        ({"CPU": 16, "GPU": 4}, {"use_gpu": True, "num_workers": 2}, {}, (2, 3.74)),
+        ({"CPU": 8}, {"cpus_per_worker": 2.0}, {}, (3, 2.0)),
+        ({"CPU": 1}, {}, {"streaming": True}, (1, 0.49)),  # half of one CPU for the stream
+    ],
+)
+def test_max_concurrent_trials_is_derived_from_the_cluster(cluster, train, kw, expected):
+    spec = TrainSpec(**train)
+    args = {"streaming": False, "trials": 8, **kw}
+    res = trial_resources(cluster, spec, **args)
+    assert (res.max_concurrent, res.cpus_per_worker) == pytest.approx(expected)
+    reserve = 1.0 if cluster["CPU"] >= 2 else cluster["CPU"] / 2
+    assert _fits(cluster, spec, res, reserve)
+
+
+def test_trials_that_cannot_all_fit_are_refused():
+    with pytest.raises(ValueError, match="max_concurrent_trials=3"):
+        trial_resources(
+            {"CPU": 4}, TrainSpec(cpus_per_worker=1.0), streaming=False, trials=8, limit=3
+        )
+    with pytest.raises(ValueError, match="need 4 GPUs, the cluster has 2"):
+        trial_resources(
+            {"CPU": 16, "GPU": 2}, TrainSpec(use_gpu=True), streaming=False, trials=8, limit=4
+        )
+    with pytest.raises(ValueError, match="CPU per worker"):
+        trial_resources({"CPU": 2}, TrainSpec(), streaming=False, trials=64, limit=40)
+
+
+def test_a_ray_whose_workers_lack_the_state_api_is_refused(ray_local):
+    """The session's Ray has no dashboard: Train could not free a stopped trial's CPUs."""
+    from engine.tune import check_trainer_cleanup
+
+    with pytest.raises(ValueError, match="need Ray's state API in the workers"):
+        check_trainer_cleanup()
+
+
+@pytest.mark.slow
+def test_tpe_searcher_and_asha_take_the_grammar(ray_local, tmp_path):
+    """Optuna's TPE over the grammar's forms, JSON-encoded choices included, with ASHA."""
+    from ray import tune
+
+    from engine.config import TuneSpec
+    from engine.tune import new_tuner
+
+    space = {
+        "loss.name": Dist("choice", ("ce", "focal")),
+        "resample.sampling_strategy": Dist("choice", ("auto", {"power": 0.5})),
+        "train.lr": Dist("loguniform", (1e-4, 1e-1)),
+        "train.batch_size": Dist("randint", (16, 65)),
+    }
+
+    def toy_trial(config):  # stands in for run_trial (nested: pickled by value)
+        from ray import tune
+
+        from engine.tune import decode_knobs
+
+        knobs = decode_knobs(config, space)
+        assert knobs["resample.sampling_strategy"] in ("auto", {"power": 0.5})
+        score = -abs(np.log10(knobs["train.lr"]) + 2) + (knobs["loss.name"] == "focal")
+        for epoch in range(3):
+            tune.report({"val_macro_f1": score + epoch / 10, "epoch": epoch})
+
+    spec = TuneSpec(num_samples=4, scheduler="tpe", seed=3)
+    trainable = tune.with_resources(toy_trial, {"cpu": 0.01})
+    grid = new_tuner(trainable, spec, 3, space, 4, str(tmp_path / "ray")).fit()
+    assert len(grid) == 4 and not grid.errors
+    for result in grid:
+        assert 1e-4 <= result.config["train.lr"] <= 1e-1
+        assert result.config["resample.sampling_strategy"] in ('"auto"', '{"power": 0.5}')
+        assert 16 <= result.config["train.batch_size"] < 65
+        assert 1 <= result.metrics["training_iteration"] <= 3
+
+
+# --------------------------------------------------------------------------------------------
+# real searches, each in a process of its own with its own embedded Ray
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    from engine.datasets import make_dataset
+
+    out = tmp_path_factory.mktemp("data") / "digits"
+    make_dataset("digits_lt100", str(out))
+    return out
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    """The environment of a job process: its own HOME (Ray's auth token) and a short
+    RAY_TMPDIR (socket paths are limited to 107 bytes); processes left behind are ended."""
+    import psutil
+
+    temp = tempfile.mkdtemp(prefix="rbt-", dir="/tmp")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=temp, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "2"
+    yield env
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if temp in " ".join(p.info["cmdline"] or []):
+                p.kill()
+        except psutil.Error:
+            pass
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _job(module: str, data: Path, run: Path, *sets: str) -> list[str]:
+    cmd = [sys.executable, "-m", *module.split(), "--config", str(CONFIG)]
+    for s in [
+        f"data.path={data}",
+        f"run_dir={run}",
+        "model.hidden=[16]",
+        "train.epochs=2",
+        "train.num_workers=1",
+        "train.batch_size=64",
+        "train.lr=0.003",
+        *sets,
+    ]:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _check_best_dirs(table: pd.DataFrame) -> None:
+    from engine.models import load_model
+
+    for row in table[table["status"] != "error"].itertuples():
+        model, lm = load_model(row.best_dir)
+        assert len(lm) == 10 and Path(row.best_dir).parent.name == row.trial_id
+
+
+@pytest.mark.slow
+def test_asha_search_end_to_end_with_a_trial_that_fails_past_its_retries(digits, tmp_path, ray_env):
+    """A grid of 3 resampling strategies: 'majority' cannot over-sample, so that trial fails
+    twice (max_failures=1; first in the grid, so its retry overlaps the others), {power: 0.5}
+    resamples the train split into the trial's own folder, and 'auto' (the run's own) trains
+    on the run's resampled split."""
+    from engine.tune import search
+
+    run = tmp_path / "run"
+    sets = [
+        "resample.method=random_over",
+        "tune.num_samples=1",
+        "tune.max_failures=1",
+        "tune.max_concurrent_trials=2",
+        "tune.search_space={resample.sampling_strategy: {grid: [majority, {power: 0.5}, auto]}, "
+        "loss.name: {choice: [ce, focal, logit_adjusted]}}",
+    ]
+    cmd = _job("jobs.cli tune", digits, run, *sets)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ranked by val_macro_f1" in proc.stdout and "best:" in proc.stdout
+
+    table = pd.read_parquet(run / "tune" / "results.parquet")
+    assert len(table) == 3 and len(pd.read_csv(run / "tune" / "results.csv")) == 3
+    assert {"val_macro_f1", "val_macro_pr_auc", "best_dir", "error", "epochs"} <= set(table)
+    failed = table[table["status"] == "error"]
+    ok = table[table["status"] != "error"]
+    assert len(failed) == 1 and set(ok["status"]) <= {"completed", "stopped"}
+    assert "completed" in set(ok["status"])  # the first trial at a rung is never stopped
+    assert list(failed["resample.sampling_strategy"]) == ['"majority"']
+    assert failed["error"].str.contains("cannot be used with over-sampler").all()
+    assert list(failed["attempts"]) == [2] and failed["best_dir"].isna().all()
+    assert (ok["attempts"] == 1).all() and table["status"].iloc[-1] == "error"
+    assert ok["val_macro_f1"].between(0, 1).all() and ok["epochs"].between(1, 2).all()
+    assert ok["val_macro_f1"].is_monotonic_decreasing  # best first
+    _check_best_dirs(table)
+    own = ok[ok["resample.sampling_strategy"] == '{"power": 0.5}']["trial_id"].item()
+    stats = json.loads((run / "tune/trials" / own / "resampled/stats.json").read_text())
+    assert stats["counts"] != json.loads((run / "resampled/stats.json").read_text())["counts"]
+    # a finished search is refused before anything runs
+    spec = load_spec(CONFIG, [f"data.path={digits}", f"run_dir={run}"])
+    with pytest.raises(ValueError, match="holds a finished search"):
+        search(spec)
+
+
+def _tune_statuses(run: Path) -> dict[str, str]:
+    states = sorted(glob.glob(str(run / "tune/ray/tune/experiment_state-*.json")))
+    if not states:
+        return {}
+    try:
+        data = json.loads(Path(states[-1]).read_text())
+    except (OSError, json.JSONDecodeError):  # being rewritten
+        return {}
+    trials = (json.loads(t[0]) for t in data["trial_data"])
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def _attempts(run: Path, trial_id: str) -> int:
+    path = run / "tune/trials" / trial_id / "attempts.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_path, ray_env):
+    run = tmp_path / "run"
+    cmd = _job(
+        "jobs.tune",
+        digits,
+        run,
+        "tune.num_samples=2",
+        "tune.scheduler=fifo",
+        "tune.max_concurrent_trials=1",
+    )
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        cmd, cwd=ROOT, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "TERMINATED" not in _tune_statuses(run).values():
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    finished = {t for t, s in _tune_statuses(run).items() if s == "TERMINATED"}
+    assert finished and not (run / "tune/results.parquet").exists()
+
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_parquet(run / "tune/results.parquet")
+    assert len(table) == 2 and set(table["status"]) == {"completed"}
+    assert (table["epochs"] == 2).all()
+    attempts = dict(zip(table["trial_id"], table["attempts"]))
+    assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
+    assert all(_attempts(run, t) == attempts[t] for t in attempts)
+    _check_best_dirs(table)
+    for row in table.to_dict("records"):  # the default space's conditional knobs
+        assert pd.isna(row["loss.gamma"]) == (row["loss.name"] != "focal")
+        assert pd.isna(row["loss.tau"]) == (row["loss.name"] != "logit_adjusted")
+        assert pd.isna(row["sampler.power"]) == (row["sampler.kind"] != "balanced")
