@@ -135,6 +135,12 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
             "prepare needs the model's inputs: set data.text (a text column) or data.features "
             "(numeric columns, or one list column)"
         )
+    if spec.model.kind == "lexical" and spec.resample.method in SMOTE_METHODS:
+        raise ValueError(
+            f"model.kind=lexical reads the text, but resample.method={spec.resample.method} "
+            "makes synthetic rows without text; use a random resampling method "
+            "(random_over, random_under, combined) with lexical models"
+        )
     source = resolve_source(data.path, data.format)
     claim_run_dir(spec, overwrite, OWNING_SECTIONS)
     fs, root = filesystem_and_path(spec.run_dir)

@@ -161,3 +161,13 @@ def test_rerun_reuses_complete_steps(page_blocks, tmp_path, caplog):
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000_000))
     assert _prepare(page_blocks, run, *sets) == 0
     assert json.loads((run / "splits" / "_manifest.json").read_text())["run"] != first
+
+
+def test_lexical_with_smote_is_refused_before_any_work(trec50, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["prepare", "--set", f"data.path={trec50}", "--set", "data.text=text"]
+    args += ["--set", f"run_dir={run}", "--set", "model.kind=lexical"]
+    assert cli.main(args + ["--set", "resample.method=smote"]) == 2
+    err = capsys.readouterr().err
+    assert "model.kind=lexical" in err and "random_over" in err
+    assert not run.exists()
