@@ -112,9 +112,7 @@ def input_fingerprint(spec: JobSpec, source) -> str:
     the data, stats and split specs. Equal digests: the prepared splits are up to date."""
     infos = source.filesystem.get_file_info(list(source.files))
     files = [[i.path, i.size, i.mtime_ns] for i in infos]
-    parts = {"files": files, **{s: asdict(getattr(spec, s)) for s in ("data", "stats", "split")}}
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return _digest(files, *(asdict(getattr(spec, s)) for s in OWNING_SECTIONS))
 
 
 def _digest(*parts: Any) -> str:

@@ -342,6 +342,8 @@ def _neighbors_task(
 
 def _nearest_other(queries, query_cls, x, cls, k):
     """Per query, the k nearest rows of x of another class: (distances, features)."""
+    from engine.smote import nearest_partial
+
     q, d = queries.shape
     dist = np.full((q, k), np.inf, dtype=np.float64)
     feats = np.zeros((q, k, d), dtype=np.float32)
@@ -350,14 +352,11 @@ def _nearest_other(queries, query_cls, x, cls, k):
         cand = x[cls != c]
         if len(cand) == 0:
             continue
-        d2 = _sq_dist(queries[rows], cand)
-        kk = min(k, len(cand))
-        part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
-        pd = np.take_along_axis(d2, part, axis=1)
-        o = np.argsort(pd, axis=1, kind="stable")
-        part, pd = np.take_along_axis(part, o, axis=1), np.take_along_axis(pd, o, axis=1)
-        dist[rows, :kk] = pd
-        feats[rows, :kk] = cand[part]
+        # the candidates' positions as "labels": nearest_partial returns which rows they are
+        dd, pos = nearest_partial(queries[rows], cand, np.arange(len(cand)), k)
+        found = pos >= 0
+        dist[rows] = np.where(found, dd, np.inf)
+        feats[rows] = np.where(found[..., None], cand[np.maximum(pos, 0)], 0)
     return dist, feats
 
 
@@ -366,12 +365,6 @@ def _merge_other(parts, k):
     feats = np.concatenate([p[1] for p in parts], axis=1)
     o = np.argsort(dist, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(dist, o, axis=1), np.take_along_axis(feats, o[..., None], axis=1)
-
-
-def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    d2 = (a64 * a64).sum(1)[:, None] - 2 * a64 @ b64.T + (b64 * b64).sum(1)[None, :]
-    return np.maximum(d2, 0)
 
 
 def _class_rng(seed: int, c: int) -> np.random.Generator:
@@ -406,6 +399,8 @@ def _synthesize(
     method = spec.method
     near = other = None
     if method != "smote":
+        # m nearest plus the row itself (column 0, dropped below as imbalanced-learn does)
+        m = (spec.k_neighbors if method == "adasyn" else M_NEIGHBORS) + 1
         got = run_fragments(
             source,
             functools.partial(
@@ -414,13 +409,12 @@ def _synthesize(
                 lm=lm,
                 queries=feats,
                 query_cls=cls,
-                m=M_NEIGHBORS + 1 if method != "adasyn" else spec.k_neighbors + 1,
+                m=m,
                 k_other=spec.k_neighbors if method == "borderline2" else 0,
             ),
             description=f"resample: {method} neighbours",
         )
         near_parts = [g["near"] for g in got if g["near"] is not None]
-        m = M_NEIGHBORS + 1 if method != "adasyn" else spec.k_neighbors + 1
         near = smote.merge_nearest(near_parts, m)
         if method == "borderline2":
             other = _merge_other([g["other"] for g in got if "other" in g], spec.k_neighbors)
