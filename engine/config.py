@@ -72,8 +72,19 @@ class DataSpec:
     features: str | list[str] | None = None
     id: str | None = None
     drop_null_labels: bool = False
+    # input files that may be unreadable and dropped (0: the first one stops prepare); see
+    # engine/screen.py
+    max_errored_blocks: int = 0
 
     def __post_init__(self) -> None:
+        _require(
+            isinstance(self.max_errored_blocks, int)
+            and not isinstance(self.max_errored_blocks, bool)
+            and self.max_errored_blocks >= 0,
+            "max_errored_blocks",
+            f"must be a whole number >= 0 (input files that may be dropped when unreadable), "
+            f"got {self.max_errored_blocks!r}",
+        )
         _require(
             not (self.text is not None and self.features is not None),
             "features",
@@ -213,6 +224,9 @@ class ModelSpec:
     char_ngrams: list[int] | None = field(default_factory=lambda: [2, 4])
     sublinear_tf: bool = True
     max_terms: int = 256
+    # MLP heads: shift and scale each input feature by the training rows' mean and standard
+    # deviation (kept in the model). null: on for data.features columns, off for embeddings.
+    standardize: bool | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
@@ -301,7 +315,9 @@ class SamplerSpec:
 @dataclass(frozen=True)
 class TrainSpec:
     """Ray Train settings. ``cpus_per_worker`` null: derived from the cluster so that workers
-    leave CPUs for Ray Data's read tasks. ``metric`` picks the best checkpoint (max)."""
+    leave CPUs for Ray Data's read tasks. ``metric`` picks the best checkpoint (max; min for
+    val_loss). ``val_minority_recall``: the recall of the class with the fewest training rows
+    at the best cut of its probability whose val precision is at least ``precision_floor``."""
 
     epochs: int = 3
     batch_size: int = 32
@@ -314,11 +330,16 @@ class TrainSpec:
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     eval_batch_size: int = 128
-    metric: Literal["val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss"] = (
-        "val_macro_f1"
-    )
+    metric: Literal[
+        "val_macro_f1",
+        "val_balanced_accuracy",
+        "val_macro_pr_auc",
+        "val_minority_recall",
+        "val_loss",
+    ] = "val_macro_f1"
     max_failures: int = 1
     cpus_per_worker: float | None = None
+    precision_floor: float = 0.5
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "num_workers", "grad_accum", "eval_batch_size"):
@@ -327,6 +348,11 @@ class TrainSpec:
         _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _fraction(self.warmup_ratio, "warmup_ratio")
+        _require(
+            0 < self.precision_floor <= 1,
+            "precision_floor",
+            f"must be in (0, 1], got {self.precision_floor}",
+        )
         if self.grad_clip is not None:
             _require(self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
         _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
@@ -340,9 +366,11 @@ class TuneSpec:
 
     ``scheduler``: ``asha`` (random search, bad trials stop early), ``fifo`` (random search, no
     early stopping) or ``tpe`` (Optuna's TPE + ASHA). ``metric``: val_macro_f1,
-    val_balanced_accuracy, val_macro_pr_auc or val_loss (minimized). ``max_failures``: retries
+    val_balanced_accuracy, val_macro_pr_auc, val_minority_recall (the rarest class's recall at
+    ``train.precision_floor``) or val_loss (minimized). ``max_failures``: retries
     of a failed trial. ``max_concurrent_trials`` null: derived from the cluster's resources.
-    ``seed`` seeds the sampling of the knobs.
+    ``seed`` seeds the sampling of the knobs. ``grace_period``: epochs every trial runs before
+    ASHA may stop it.
     """
 
     num_samples: int = 8
@@ -352,12 +380,20 @@ class TuneSpec:
     max_failures: int = 1
     max_concurrent_trials: int | None = None
     seed: int = 0
+    grace_period: int = 1
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
-        metrics = ("val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss")
+        metrics = (
+            "val_macro_f1",
+            "val_balanced_accuracy",
+            "val_macro_pr_auc",
+            "val_minority_recall",
+            "val_loss",
+        )
         _require(self.metric in metrics, "metric", f"must be one of {metrics}, got {self.metric!r}")
         _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
+        _require(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
         if self.max_concurrent_trials is not None:
             _require(
                 self.max_concurrent_trials >= 1,
@@ -371,7 +407,16 @@ class TuneSpec:
 
 @dataclass(frozen=True)
 class EnsembleSpec:
+    """Members from the ``top_k`` best trials of the search. ``selection``: ``greedy`` keeps
+    the best and adds the candidate that improves the val ``tune.metric`` of the mean most,
+    while one does (val NLL for PR-AUC and loss); ``top_k`` keeps all of them. They are
+    averaged (``weights``: ``equal``, or ``fitted`` on val NLL) and temperature-scaled on val
+    when ``temperature`` (``engine.ensemble``)."""
+
     top_k: int = 3
+    selection: Literal["greedy", "top_k"] = "greedy"
+    weights: Literal["equal", "fitted"] = "equal"
+    temperature: bool = True
 
     def __post_init__(self) -> None:
         _require(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
@@ -379,12 +424,21 @@ class EnsembleSpec:
 
 @dataclass(frozen=True)
 class ThresholdSpec:
+    """How decisions are made from the ensemble's val probabilities (``engine.thresholds``).
+
+    ``cv_folds`` (multi-class offsets): the offsets are kept only when offsets fitted on
+    ``cv_folds - 1`` folds of val beat argmax on the held-out folds (0 or 1: no check).
+    """
+
     objective: Literal["macro_f1", "f_beta", "target_recall", "target_precision"] = "macro_f1"
     beta: float = 1.0
     target: float | None = None
+    cv_folds: int = 5
+    seed: int = 0
 
     def __post_init__(self) -> None:
         _require(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        _require(self.cv_folds >= 0, "cv_folds", f"must be >= 0, got {self.cv_folds}")
         if self.objective in ("target_recall", "target_precision"):
             _require(
                 self.target is not None, "target", f"objective {self.objective!r} needs a target"

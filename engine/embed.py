@@ -33,8 +33,8 @@ from engine.io import (
     filesystem_and_path,
     join,
     replace_dir,
-    temp_dir_beside,
     write_json_atomic,
+    writer_temp_dir,
 )
 
 log = logging.getLogger("raybalance")
@@ -108,7 +108,7 @@ def load_encoder(spec: EmbedSpec) -> tuple[Any, Any]:
             model = AutoModel.from_config(encoder_config(spec))
     else:
         encoder_config(spec)  # checks max_length against the model
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, use_safetensors=True)
     model.eval()
     model.requires_grad_(False)
     return tokenizer, model
@@ -375,18 +375,13 @@ def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> Emb
     dim = encoder_dim(spec)
 
     fs, final = filesystem_and_path(out_dir)
-    parent = final.rstrip("/").rpartition("/")[0]
-    if parent:
-        fs.create_dir(parent, recursive=True)
-    tmp = temp_dir_beside(fs, final)
+    tmp = writer_temp_dir(fs, final)
     try:
-        # The name is reserved; Ray's writer creates the folder itself and, in CREATE mode,
-        # refuses one that exists. Names without a write UUID need a mode other than APPEND.
-        fs.delete_dir(tmp)
         import ray
 
-        # Nulls were counted above, faster than a Ray Data pass.
-        ds = _embed(read_dataset(source), text, spec, check_nulls=False)
+        # Nulls were counted above, faster than a Ray Data pass. Ordered: the files hold the
+        # rows in the split's order, so that training on them is the same from run to run.
+        ds = _embed(read_dataset(source, ordered=True), text, spec, check_nulls=False)
         ds.write_parquet(
             tmp, filesystem=fs, filename_provider=_part_names(), mode=ray.data.SaveMode.CREATE
         )

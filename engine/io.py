@@ -21,6 +21,18 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
+def local_dir(path: str, stage: str) -> str:
+    """``path`` made absolute, refusing a URI: ``stage`` writes plain local files (a mounted
+    shared filesystem on a cluster)."""
+    if is_uri(str(path)):
+        raise ValueError(
+            f"run_dir {path!r} is a URI, but {stage} writes local files: use a local path, or on "
+            "a cluster a filesystem mounted at the same path on every node (prepare alone "
+            "accepts URIs)"
+        )
+    return os.path.abspath(path)
+
+
 def filesystem_and_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Return the pyarrow filesystem and the path inside it for a local path or a URI."""
     path = str(path)
@@ -106,7 +118,39 @@ def replace_dir(fs: pafs.FileSystem, tmp_dir: str, final_dir: str) -> None:
         fs.delete_dir(old)
 
 
+def writer_temp_dir(fs: pafs.FileSystem, final_dir: str) -> str:
+    """A reserved temporary name beside ``final_dir`` (its parent created) that does not exist
+    yet: Ray Data's writer in CREATE mode creates the folder itself and refuses one that
+    exists (names without a write UUID need a mode other than APPEND)."""
+    parent = final_dir.rstrip("/").rpartition("/")[0]
+    if parent:
+        fs.create_dir(parent, recursive=True)
+    tmp = temp_dir_beside(fs, final_dir)
+    fs.delete_dir(tmp)
+    return tmp
+
+
+def clear_stale_temps(fs: pafs.FileSystem, final_dir: str) -> list[str]:
+    """Remove the temporary folders (and moved-aside old copies) that a killed writer of
+    ``final_dir`` left beside it; returns their paths. A run directory has one writer at a time
+    (``claim_run_dir``), so any such folder is a dead writer's."""
+    head, _, tail = final_dir.rstrip("/").rpartition("/")
+    if not head:
+        return []
+    prefix = f".{tail}.tmp-"
+    gone = []
+    for info in fs.get_file_info(pafs.FileSelector(head, allow_not_found=True)):
+        if info.base_name.startswith(prefix):
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
+            else:
+                fs.delete_file(info.path)
+            gone.append(info.path)
+    return gone
+
+
 def temp_dir_beside(fs: pafs.FileSystem, final_dir: str) -> str:
+    clear_stale_temps(fs, final_dir)
     tmp = _tmp_name(final_dir)
     fs.create_dir(tmp, recursive=True)
     return tmp

@@ -87,6 +87,17 @@ def pr_curve(
     )
 
 
+def recall_at_precision(y_true_binary: np.ndarray, score: np.ndarray, floor: float) -> float:
+    """The highest recall of any cut ``score >= t`` whose precision is at least ``floor``
+    (0.0 when no cut reaches it; NaN without positives)."""
+    y = np.asarray(y_true_binary).astype(bool)
+    if not y.any():
+        return float("nan")
+    precision, recall, _ = pr_curve(y, score)
+    ok = precision[:-1] >= floor  # the last point (1, 0) is no cut
+    return float(recall[:-1][ok].max()) if ok.any() else 0.0
+
+
 def roc_auc(y_true_binary: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties), as
     scikit-learn's ``roc_auc_score``. NaN without positives or without negatives."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -92,21 +93,40 @@ def build_transformer(spec: ModelSpec, label_map: LabelMap) -> nn.Module:
         )
         return AutoModelForSequenceClassification.from_config(config)
     return AutoModelForSequenceClassification.from_pretrained(
-        resolve_path(spec.path), hidden_dropout_prob=spec.dropout, **_label_config(label_map)
+        resolve_path(spec.path),
+        hidden_dropout_prob=spec.dropout,
+        use_safetensors=True,  # never a pickled pytorch_model.bin
+        **_label_config(label_map),
     )
 
 
 class MLPClassifier(nn.Module):
-    """Linear-ReLU-Dropout blocks and a linear output: a head over feature or embedding columns."""
+    """Linear-ReLU-Dropout blocks and a linear output: a head over feature or embedding columns.
 
-    def __init__(self, input_dim: int, hidden: list[int], num_classes: int, dropout: float = 0.1):
+    ``standardize``: the input is first shifted and scaled per feature, ``(x - shift) * scale``,
+    by buffers saved with the weights (``set_standardization``: the training rows' mean and
+    1 / standard deviation), so that whoever loads the model feeds it raw feature values.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: list[int],
+        num_classes: int,
+        dropout: float = 0.1,
+        standardize: bool = False,
+    ):
         super().__init__()
         self.config = {
             "input_dim": int(input_dim),
             "hidden": [int(h) for h in hidden],
             "num_classes": int(num_classes),
             "dropout": float(dropout),
+            "standardize": bool(standardize),
         }
+        if standardize:
+            self.register_buffer("shift", torch.zeros(input_dim))
+            self.register_buffer("scale", torch.ones(input_dim))
         layers: list[nn.Module] = []
         prev = input_dim
         for h in hidden:
@@ -115,8 +135,34 @@ class MLPClassifier(nn.Module):
         layers.append(nn.Linear(prev, num_classes))
         self.net = nn.Sequential(*layers)
 
+    def set_standardization(self, shift: Sequence[float], scale: Sequence[float]) -> None:
+        """Set the per-feature shift and scale (the model must be built with ``standardize``)."""
+        if not self.config["standardize"]:
+            raise ValueError("this MLP was built without standardize=True")
+        d = self.config["input_dim"]
+        if len(shift) != d or len(scale) != d:
+            raise ValueError(f"need {d} shifts and scales, got {len(shift)} and {len(scale)}")
+        self.shift.copy_(torch.as_tensor(shift, dtype=self.shift.dtype))
+        self.scale.copy_(torch.as_tensor(scale, dtype=self.scale.dtype))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.config["standardize"]:
+            features = (features - self.shift) * self.scale
         return self.net(features)
+
+
+def standardization(n: int, total: np.ndarray, total_sq: np.ndarray) -> tuple[list, list]:
+    """(shift, scale) per feature from the row count and the float64 sums of x and x²: the mean
+    and 1 / standard deviation (1 where a feature is constant)."""
+    if n <= 0:
+        raise ValueError("no training rows to standardize the features on")
+    mean = total / n
+    var = np.maximum(total_sq / n - mean * mean, 0.0)
+    std = np.sqrt(var)
+    scale = np.ones_like(std)
+    varies = std > 1e-12 * np.maximum(1.0, np.abs(mean))
+    scale[varies] = 1.0 / std[varies]
+    return mean.tolist(), scale.tolist()
 
 
 def build_model(
@@ -129,7 +175,9 @@ def build_model(
     if spec.kind == "mlp":
         if not input_dim:
             raise ValueError("model.kind=mlp needs feature columns: set data.features")
-        return MLPClassifier(input_dim, list(spec.hidden), len(label_map), spec.dropout)
+        return MLPClassifier(
+            input_dim, list(spec.hidden), len(label_map), spec.dropout, bool(spec.standardize)
+        )
     if spec.kind == "lexical":
         from engine.lexical import LexicalClassifier
 
@@ -187,7 +235,11 @@ def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
         config = json.load(f)
     if config.get("model_type") == "raybalance-mlp":
         model = MLPClassifier(
-            config["input_dim"], config["hidden"], config["num_classes"], config["dropout"]
+            config["input_dim"],
+            config["hidden"],
+            config["num_classes"],
+            config["dropout"],
+            config.get("standardize", False),  # absent from models of earlier versions
         )
         model.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
         return model, label_map
@@ -206,7 +258,10 @@ def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
         return model, label_map
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(folder), label_map
+    return (
+        AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True),
+        label_map,
+    )
 
 
 def feature_matrix(

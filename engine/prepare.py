@@ -32,6 +32,7 @@ from engine.io import (
     write_json_atomic,
 )
 from engine.resample import SMOTE_METHODS, ResampleResult, resample
+from engine.screen import dropped_warning, screen
 from engine.split import SPLITS, SplitResult, read_manifest, split
 from engine.stats import ClassStats, compute_stats, plot_class_distribution
 
@@ -140,18 +141,25 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
             "(random_over, random_under, combined) with lexical models"
         )
     source = resolve_source(data.path, data.format)
-    claim_run_dir(spec, overwrite, OWNING_SECTIONS)
     fs, root = filesystem_and_path(spec.run_dir)
 
     fingerprint = input_fingerprint(spec, source)
     splits_dir = join(spec.run_dir, "splits")
     manifest = read_manifest(splits_dir)
-    if (
+    fresh = (
         manifest is not None
         and manifest.get("fingerprint") == fingerprint
         and exists(fs, join(root, "stats.json"))
         and exists(fs, join(root, "label_map.json"))
-    ):
+    )
+    dropped = None
+    if not fresh and data.max_errored_blocks > 0:  # refused here, before anything is written
+        screened = screen(source, data.label, data.max_errored_blocks)
+        if screened.bad:
+            dropped = screened.dropped(data.max_errored_blocks)
+            source = replace(source, files=screened.good)
+    claim_run_dir(spec, overwrite, OWNING_SECTIONS)
+    if fresh:
         log.info("prepare: stats and splits of %s are up to date; reusing them", source.path)
         label_map = LabelMap.from_json(read_json(join(spec.run_dir, "label_map.json")))
         stats = ClassStats.from_json(read_json(join(spec.run_dir, "stats.json")), label_map)
@@ -160,6 +168,8 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
         text_col = data.text
     else:
         result = compute_stats(source, data, spec.stats)
+        if dropped is not None:
+            result.warnings.insert(0, dropped_warning(dropped))
         for w in result.warnings:
             log.warning(w)
         stats = result.stats
@@ -167,6 +177,8 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
             "source": source.path,
             "null_labels_dropped": result.summary.null_labels,
         }
+        if dropped is not None:
+            extra["dropped"] = dropped
         write_json_atomic(join(root, "stats.json"), stats.to_json(**extra), fs)
         write_json_atomic(join(root, "label_map.json"), stats.label_map.to_json(), fs)
         splits = split(

@@ -404,7 +404,9 @@ def _sweep(logp: np.ndarray, o: np.ndarray, c: int, y: np.ndarray, support: np.n
     return score, offsets
 
 
-def _fit_offsets(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec) -> Thresholds:
+def _fit_offsets(
+    y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec, quiet: bool = False
+) -> Thresholds:
     n, k = proba.shape
     beta = 1.0 if spec.objective == "macro_f1" else spec.beta
     logp = np.log(np.maximum(proba, PROBA_FLOOR))
@@ -445,8 +447,8 @@ def _fit_offsets(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec) -> Thres
     info = {"passes": passes, "converged": converged, "warnings": warnings}
     if final <= default + _TOL:
         info["note"] = "no offsets beat argmax on val"
-        return _argmax_result(spec, y, proba, k, warnings, info)
-    for w in warnings:
+        return _argmax_result(spec, y, proba, k, [] if quiet else warnings, info)
+    for w in [] if quiet else warnings:
         log.warning("thresholds: %s", w)
     return Thresholds(
         kind="offsets",
@@ -487,7 +489,48 @@ def fit_thresholds(y_val: np.ndarray, proba_val: np.ndarray, spec: ThresholdSpec
                 "using argmax"
             ],
         )
-    return _fit_binary(y, proba, spec) if k == 2 else _fit_offsets(y, proba, spec)
+    if k == 2:
+        return _fit_binary(y, proba, spec)
+    fitted = _fit_offsets(y, proba, spec)
+    if fitted.kind != "offsets" or spec.cv_folds < 2:
+        return fitted
+    cv, cv_default = cross_validated(y, proba, spec)
+    info = {**fitted.info, "cv_score": cv, "cv_default": cv_default, "cv_folds": spec.cv_folds}
+    if not cv > cv_default + _TOL:
+        note = (
+            f"offsets fitted on {spec.cv_folds - 1}/{spec.cv_folds} of val did not beat argmax "
+            f"on the held-out folds ({cv:.4f} vs {cv_default:.4f}): using argmax"
+        )
+        log.info("thresholds: %s", note)
+        return _argmax_result(spec, y, proba, k, [], {**info, "note": note})
+    return replace(fitted, info=info)
+
+
+def cv_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """(N,) fold index per row: each class's rows dealt round-robin in a seeded order."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in np.unique(y):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        fold[rows] = (start + np.arange(len(rows))) % folds
+        start += len(rows)  # the next class starts where this one ended: balanced folds
+    return fold
+
+
+def cross_validated(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec) -> tuple[float, float]:
+    """(objective of out-of-fold offset decisions, objective of argmax) on val."""
+    k = proba.shape[1]
+    fold = cv_folds(y, spec.cv_folds, spec.seed)
+    pred = proba.argmax(axis=1)
+    oof = pred.copy()
+    for f in range(spec.cv_folds):
+        held = fold == f
+        if not held.any() or len(np.unique(y[~held])) < 2:
+            continue
+        t = _fit_offsets(y[~held], proba[~held], spec, quiet=True)
+        oof[held] = apply_thresholds(proba[held], t)
+    return _objective(y, oof, k, spec), _objective(y, pred, k, spec)
 
 
 def apply_thresholds(proba: np.ndarray, t: Thresholds) -> np.ndarray:

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ from engine.data import (
     resolve_columns,
     resolve_source,
 )
-from engine.io import join, read_json
+from engine.io import join, local_dir, read_json
 from engine.lexical import (
     LazyAdamW,
     LexicalClassifier,
@@ -57,11 +57,19 @@ from engine.lexical import (
     clip_grad_norm,
     fit_vectorizer,
 )
-from engine.metrics import classification_metrics
-from engine.models import build_model, feature_matrix, load_tokenizer, logits_of, save_model
+from engine.metrics import classification_metrics, recall_at_precision
+from engine.models import (
+    build_model,
+    feature_matrix,
+    load_tokenizer,
+    logits_of,
+    save_model,
+    standardization,
+)
 from engine.prepare import PREPARE_SECTIONS, model_data, split_dir
 from engine.resample import SMOTE_METHODS
 from engine.split import read_manifest
+from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
 
@@ -221,7 +229,14 @@ def loss_from_spec(spec: LossSpec, counts: list[int], weights: list[float] | Non
     )
 
 
-def _evaluate(model, arrays: dict[str, np.ndarray], batch_size: int, device) -> tuple[dict, float]:
+def _evaluate(
+    model,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    device,
+    minority: int | None = None,
+    floor: float = 0.5,
+) -> tuple[dict, float]:
     model.eval()
     probs, losses = [], []
     n = len(arrays["label"])
@@ -236,7 +251,12 @@ def _evaluate(model, arrays: dict[str, np.ndarray], batch_size: int, device) -> 
             )
             probs.append(torch.softmax(logits, dim=1).cpu().numpy())
     model.train()
-    m = classification_metrics(arrays["label"], np.concatenate(probs))
+    p = np.concatenate(probs)
+    m = classification_metrics(arrays["label"], p)
+    if minority is not None:  # recall of the rarest training class at a precision floor
+        m["minority_recall"] = recall_at_precision(
+            arrays["label"] == minority, p[:, minority], floor
+        )
     return m, float(torch.stack(losses).sum()) / max(n, 1)
 
 
@@ -274,6 +294,8 @@ def _worker_loop(config: dict[str, Any]) -> None:
     np.random.seed(train.seed)
     vectorizer = ray.get(config["vectorizer_ref"]) if config.get("vectorizer_ref") else None
     model = build_model(model_spec, label_map, config.get("input_dim"), vectorizer)
+    if config.get("standardization"):  # before DDP: every replica starts from the same buffers
+        model.set_standardization(*config["standardization"])
     model = ray.train.torch.prepare_model(model)
     core = getattr(model, "module", model)
     weights = config["loss_weights"]
@@ -336,7 +358,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
         from safetensors.torch import load_file
 
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
+            if os.path.isdir(os.path.join(d, "train_state")):
+                state = load_state(os.path.join(d, "train_state"))
+            else:  # a checkpoint of an earlier version: tensors only, no code is unpickled
+                state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
             core.load_state_dict(load_file(os.path.join(d, "model", "model.safetensors")))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -400,20 +425,28 @@ def _worker_loop(config: dict[str, Any]) -> None:
         }
         ckpt = None
         if rank == 0:
-            m, val_loss = _evaluate(core, val_arrays, train.eval_batch_size, device)
+            m, val_loss = _evaluate(
+                core,
+                val_arrays,
+                train.eval_batch_size,
+                device,
+                minority=int(np.argmin(counts)),
+                floor=train.precision_floor,
+            )
             row.update(
                 val_loss=val_loss,
                 val_macro_f1=m["macro_f1"],
                 val_balanced_accuracy=m["balanced_accuracy"],
                 val_macro_pr_auc=m["macro_pr_auc"],
+                val_minority_recall=m["minority_recall"],
                 val_recall={label_map.keys[c]: v["recall"] for c, v in m["per_class"].items()},
             )
             history.append(row)
             tmp = tempfile.mkdtemp(prefix="rb-ckpt-")
             save_model(core, os.path.join(tmp, "model"), label_map)
-            torch.save(
+            save_state(  # safetensors + JSON: the checkpoint holds no pickle
                 {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                os.path.join(tmp, "train_state.pt"),
+                os.path.join(tmp, "train_state"),
             )
             with open(os.path.join(tmp, "history.json"), "w") as f:
                 json.dump(history, f)
@@ -486,6 +519,24 @@ def train_source(run_dir: str, keys: list[str], manifest: dict[str, Any]):
     return resolve_source(split_dir(run_dir, "train")), np.array([counts[k] for k in keys])
 
 
+def _moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    x = batch["features"].astype(np.float64)
+    return {"n": np.array([len(x)]), "s": x.sum(axis=0)[None], "ss": (x * x).sum(axis=0)[None]}
+
+
+def feature_standardization(train_ds) -> tuple[list[float], list[float]]:
+    """(shift, scale) of the MLP's input features over the preprocessed training rows: one
+    streaming pass whose per-batch sums (float64) are added up on the driver."""
+    n, total, total_sq = 0, 0.0, 0.0
+    for b in train_ds.map_batches(_moments, batch_format="numpy", batch_size=8192).iter_batches(
+        batch_format="numpy", batch_size=None
+    ):
+        n += int(b["n"].sum())
+        total = total + b["s"].sum(axis=0)
+        total_sq = total_sq + b["ss"].sum(axis=0)
+    return standardization(n, np.asarray(total), np.asarray(total_sq))
+
+
 def fit(
     spec: JobSpec,
     *,
@@ -507,7 +558,7 @@ def fit(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    run_dir = os.path.abspath(spec.run_dir)
+    run_dir = local_dir(spec.run_dir, "training")
     manifest = read_manifest(join(run_dir, "splits"))
     if manifest is None:
         raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
@@ -539,14 +590,27 @@ def fit(
     vectorizer = None
     if spec.model.kind == "lexical":  # idf from the rows it trains on (resampled, if so)
         vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(spec.model))
-    train_ds = preprocess(read_dataset(source), cols, spec.model, label_map, vectorizer)
+    # Materialized rows in file order: the same seed draws the same batches in every run
+    # (Ray Data's read order varies with load). A stream stays unordered, for throughput.
+    stream = spec.sampler.mode == "stream"
+    train_ds = preprocess(
+        read_dataset(source, ordered=not stream), cols, spec.model, label_map, vectorizer
+    )
     val_source = resolve_source(split_dir(run_dir, "val"))
-    val_ds = preprocess(read_dataset(val_source), cols, spec.model, label_map, vectorizer)
+    val_ds = preprocess(
+        read_dataset(val_source, ordered=True), cols, spec.model, label_map, vectorizer
+    )
     val_arrays = _materialize(val_ds)
     input_dim = int(val_arrays["features"].shape[1]) if spec.model.kind == "mlp" else None
+    model_spec = spec.model
+    if spec.model.kind == "mlp":
+        on = spec.model.standardize
+        if on is None:  # tabular columns vary in scale; embeddings come normalized
+            on = spec.data.features is not None
+        model_spec = replace(spec.model, standardize=on)
     config: dict[str, Any] = {
         "train": asdict(spec.train),
-        "model": asdict(spec.model),
+        "model": asdict(model_spec),
         "loss": asdict(spec.loss),
         "sampler": asdict(spec.sampler),
         "label_map": label_map.to_json(),
@@ -558,10 +622,18 @@ def fit(
         "fault": fault,
     }
     datasets = {}
+    train_arrays = None
     if spec.sampler.mode == "stream":
         datasets["train"] = train_ds
     else:
-        config["train_ref"] = ray.put(_materialize(train_ds))
+        train_arrays = _materialize(train_ds)
+        config["train_ref"] = ray.put(train_arrays)
+    if model_spec.kind == "mlp" and model_spec.standardize:
+        if train_arrays is not None:
+            x = train_arrays["features"].astype(np.float64)
+            config["standardization"] = standardization(len(x), x.sum(0), (x * x).sum(0))
+        else:
+            config["standardization"] = feature_standardization(train_ds)
 
     metric = spec.train.metric
     trainer = TorchTrainer(

@@ -42,13 +42,15 @@ only for focal (and class_balanced over focal), ``tau`` only for logit_adjusted,
 (``ACTIVE``). The results table leaves an ignored knob empty.
 
 Schedulers (``tune.scheduler``): ``asha`` = random search + ASHA (``training_iteration`` = epochs,
-grace period 1, max_t = ``train.epochs + 1``: ASHA kills a trial that reaches max_t, and one
+grace period ``tune.grace_period`` epochs — raise it when some model kinds or losses start
+slowly —, max_t = ``train.epochs + 1``: ASHA kills a trial that reaches max_t, and one
 past the last epoch lets a good trial end by itself and export; bad trials stop early);
 ``fifo`` = random search, every trial runs all its epochs; ``tpe`` = Optuna's TPE
 (``OptunaSearch``) + ASHA. ``tune.seed`` seeds the sampling. Trials are ranked by
-``tune.metric`` (``val_macro_f1``, ``val_balanced_accuracy``, ``val_macro_pr_auc`` or
-``val_loss``, minimized); each trial keeps its best epoch by that metric. (Minority recall at a
-precision floor is not offered: the training loop reports no per-class precision per epoch.)
+``tune.metric`` (``val_macro_f1``, ``val_balanced_accuracy``, ``val_macro_pr_auc``,
+``val_minority_recall`` — the rarest training class's recall at the best cut whose val
+precision reaches ``train.precision_floor`` — or ``val_loss``, minimized); each trial keeps its
+best epoch by that metric.
 A trial that fails is retried ``tune.max_failures`` times; after that it is recorded as an error
 and the others go on.
 
@@ -105,7 +107,13 @@ log = logging.getLogger("raybalance")
 
 TUNE_DIR = "tune"
 EXPERIMENT = "tune"  # RunConfig(name=...): the experiment is RUN_DIR/tune/ray/tune
-METRICS = ("val_macro_f1", "val_balanced_accuracy", "val_macro_pr_auc", "val_loss")
+METRICS = (
+    "val_macro_f1",
+    "val_balanced_accuracy",
+    "val_macro_pr_auc",
+    "val_minority_recall",
+    "val_loss",
+)
 FORMS = ("choice", "grid", "uniform", "loguniform", "randint")
 SECTIONS: dict[str, type] = {
     "loss": LossSpec,
@@ -121,6 +129,7 @@ NOT_SEARCHABLE = {
     "train.use_gpu": "it sizes the trials; set train.use_gpu outside the search",
     "train.cpus_per_worker": "it sizes the trials; set train.cpus_per_worker outside the search",
     "train.metric": "trials keep their best epoch by tune.metric",
+    "train.precision_floor": "it defines the val_minority_recall metric; set it outside the search",
 }
 SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
 TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
@@ -268,11 +277,53 @@ def default_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dic
     return space
 
 
+def usable_kinds(spec: JobSpec) -> tuple[str, ...]:
+    """The model kinds that can read this run's data: ``lexical`` and ``transformer`` need
+    ``data.text`` and rows with text (no SMOTE-family resampling); ``mlp`` needs
+    ``data.features`` or embedded text (the run's own model an MLP, or SMOTE-family
+    resampling)."""
+    from engine.prepare import needs_embedding
+    from engine.resample import SMOTE_METHODS
+
+    kinds = []
+    if spec.data.features or needs_embedding(spec):
+        kinds.append("mlp")
+    if spec.data.text and spec.resample.method not in SMOTE_METHODS:  # synthetic rows: no text
+        kinds += ["lexical", "transformer"]
+    return tuple(kinds)
+
+
+def _adapt_kinds(spec: JobSpec, space: dict[str, Dist]) -> dict[str, Dist]:
+    """Drop the ``model.kind`` choices that cannot read the data (a config searching mlp and
+    lexical models then also runs on feature columns without text)."""
+    d = space.get("model.kind")
+    if d is None or d.form not in ("choice", "grid", "fixed"):
+        return space
+    ok = usable_kinds(spec)
+    kept = tuple(v for v in d.args if v in ok)
+    if not kept:
+        raise _error(
+            "model.kind",
+            f"none of {list(d.args)} can read this data (usable here: {list(ok)}; lexical and "
+            "transformer need data.text, mlp needs data.features or embedded text)",
+        )
+    if len(kept) < len(d.args):
+        log.warning(
+            "tune: model.kind %s dropped from the search: it cannot read this data (usable: %s)",
+            [v for v in d.args if v not in ok],
+            list(ok),
+        )
+    space = dict(space)
+    space["model.kind"] = Dist(d.form, kept)
+    return space
+
+
 def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
-    """The defaults updated with ``spec.tune.search_space`` (a null value drops a knob)."""
+    """The defaults updated with ``spec.tune.search_space`` (a null value drops a knob);
+    ``model.kind`` choices that cannot read the data are dropped (``usable_kinds``)."""
     space: dict[str, Dist | None] = dict(default_search_space(spec, counts))
     space.update(parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe"))
-    return {k: d for k, d in space.items() if d is not None}
+    return _adapt_kinds(spec, {k: d for k, d in space.items() if d is not None})
 
 
 def _weights_active(v: Mapping[str, Any]) -> bool:
@@ -769,7 +820,11 @@ def new_tuner(
         if t.scheduler == "fifo"
         # max_t one past the last epoch: ASHA stops (kills) a trial that reaches max_t, and a
         # trial that ends by itself lets fit export its best model and metrics
-        else ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=1)
+        else ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=epochs + 1,
+            grace_period=min(t.grace_period, epochs),
+        )
     )
     if t.scheduler == "tpe":
         from ray.tune.search.optuna import OptunaSearch
@@ -819,14 +874,14 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     from ray import tune
 
     from engine.data import LabelMap
-    from engine.io import join, read_json, write_json_atomic
+    from engine.io import join, local_dir, read_json, write_json_atomic
     from engine.split import read_manifest
     from engine.train import train_source
 
     t = spec.tune
     if t.metric not in METRICS:
         raise ValueError(f"tune.metric={t.metric!r}: use one of {list(METRICS)}")
-    run_dir = os.path.abspath(spec.run_dir)
+    run_dir = local_dir(spec.run_dir, "the tune search")
     model = spec.model
     if os.path.isdir(model.path) and not os.path.isabs(model.path):
         model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd

@@ -3,6 +3,8 @@
 raybalance stats DATA --label COL
 raybalance prepare [CONFIG] [--set KEY=VALUE]... [--address ADDR]
 raybalance tune [CONFIG] [--set KEY=VALUE]... [--address ADDR] [--overwrite]
+raybalance run [CONFIG] [--set KEY=VALUE]... [--address ADDR] [--overwrite]
+raybalance predict ARTIFACT DATA --out OUT [--keep COL]... [--overwrite]
 raybalance datasets make NAME --out DIR
 """
 
@@ -19,6 +21,8 @@ COMMANDS = {
     "prepare": ("jobs.prepare", "statistics + exact stratified splits into the run directory"),
     "train": ("jobs.train", "fine-tune on Ray Train (prepare first when needed)"),
     "tune": ("jobs.tune", "search the imbalance knobs with Ray Tune (resumes when interrupted)"),
+    "run": ("jobs.pipeline", "the whole pipeline: prepare, baseline, tune, ensemble, report"),
+    "predict": ("jobs.predict", "predict a dataset with an ensemble artifact (Ray Data)"),
     "datasets": ("jobs.datasets", "write a real imbalanced dataset as Parquet"),
 }
 

@@ -71,11 +71,16 @@ def setup_logging() -> None:
 
 
 def run_main(fn, argv: list[str] | None) -> int:
-    """Run a job's main; user errors print one clear line and exit 2."""
+    """Run a job's main; user errors print one clear line and exit 2 (with the traceback too
+    when ``RAYBALANCE_TRACEBACK=1``)."""
+    import os
+
     setup_logging()
     try:
         fn(argv)
     except (SpecError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        if os.environ.get("RAYBALANCE_TRACEBACK") == "1":
+            err.print_exception()
         err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)
         return 2
     return 0

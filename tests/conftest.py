@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +32,45 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def job_env(home: Path):
+    """The environment of a job process: its own HOME (Ray's auth token) and a short
+    RAY_TMPDIR (socket paths are limited to 107 bytes); processes left behind are ended."""
+    import psutil
+
+    temp = tempfile.mkdtemp(prefix="rbt-", dir="/tmp")
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=temp, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "2"
+    try:
+        yield env
+    finally:
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if temp in " ".join(p.info["cmdline"] or []):
+                    p.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    """``job_env`` for one test."""
+    with job_env(tmp_path / "home") as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def ensemble_artifact(tmp_path_factory, ray_local):
+    """A two-member ensemble (lexical + MLP over tiny-encoder embeddings) with its splits,
+    scores and artifact (see ``tests/_artifacts.py``)."""
+    from tests._artifacts import build_ensemble
+
+    return build_ensemble(tmp_path_factory.mktemp("ens"))
 
 
 @pytest.fixture(scope="session")

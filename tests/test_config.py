@@ -133,3 +133,18 @@ def test_every_shipped_config_loads_and_says_how_to_run_it(path):
 
 def test_there_are_shipped_configs():
     assert len(CONFIGS) >= 2
+
+
+def test_yaml_tags_that_would_run_code_are_refused_and_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"name: x\ndata: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8"
+    )
+    with pytest.raises(SpecError, match="python/object/apply") as e:
+        load_spec(job)
+    assert str(job) in str(e.value) and "not valid YAML" in str(e.value)
+    with pytest.raises(SpecError, match="python/object/apply") as e:
+        load_spec(None, [f"data.path=!!python/object/apply:os.system ['touch {marker}']"])
+    assert "data.path" in str(e.value) and "is not valid YAML" in str(e.value)
+    assert not marker.exists()

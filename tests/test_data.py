@@ -78,6 +78,33 @@ def test_csv_and_jsonl_read_alike(ray_local, tmp_path):
     assert ds.schema().names == ["text"] and ds.count() == 4
 
 
+def test_an_ordered_read_keeps_file_and_row_order_through_an_actor_pool(ray_local, tmp_path):
+    # the shape that came back out of order with Ray's second-generation Parquet reader under
+    # load: two files through a jittered actor pool
+    ids = np.random.default_rng(0).permutation(83)
+    pq.write_table(pa.table({"id": ids[:41]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"id": ids[41:]}), tmp_path / "b.parquet")
+
+    class Jitter:
+        def __call__(self, batch):
+            import time
+
+            time.sleep(float(np.random.default_rng().random()) * 0.05)
+            return batch
+
+    import ray
+
+    for _ in range(6):
+        ds = read_dataset(resolve_source(str(tmp_path)), ordered=True)
+        ds = ds.map_batches(
+            Jitter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1)
+        )
+        got = [v for b in ds.iter_batches(batch_format="pyarrow") for v in b["id"].to_pylist()]
+        assert got == ids.tolist()
+    assert not ray.data.DataContext.get_current().execution_options.preserve_order  # not leaked
+    assert ray.data.DataContext.get_current().use_datasource_v2  # restored
+
+
 # --------------------------------------------------------------------------------------------
 # columns and types
 

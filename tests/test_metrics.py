@@ -196,3 +196,20 @@ def test_pr_curve_matches_scikit_learn(seed):
     ref = precision_recall_curve(y, s)
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b)
+
+
+def test_recall_at_a_precision_floor_is_the_best_recall_of_the_cuts_that_reach_it():
+    from sklearn.metrics import precision_recall_curve
+
+    from engine.metrics import recall_at_precision
+
+    rng = np.random.default_rng(3)
+    y = rng.random(500) < 0.1
+    score = np.round(rng.random(500) * 0.6 + 0.4 * y, 2)  # ties, as real scores have
+    precision, recall, _ = precision_recall_curve(y, score)
+    for floor in (0.2, 0.5, 0.8, 0.95):
+        ok = precision[:-1] >= floor
+        expected = recall[:-1][ok].max() if ok.any() else 0.0
+        assert recall_at_precision(y, score, floor) == pytest.approx(expected), floor
+    assert recall_at_precision(y, score, 0.01) == 1.0  # predict everything
+    assert math.isnan(recall_at_precision(np.zeros(5, bool), np.arange(5.0), 0.5))

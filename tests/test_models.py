@@ -18,6 +18,7 @@ from engine.models import (
     load_tokenizer,
     logits_of,
     save_model,
+    standardization,
 )
 
 LM = LabelMap.from_values("label", "string", ["ham", "spam", "eggs"])
@@ -69,6 +70,50 @@ def test_mlp_round_trip_without_pickles(tmp_path):
         "label_map.json",
         "model.safetensors",
     ]
+
+
+def test_standardization_is_mean_and_inverse_std_and_constant_features_pass_through():
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(200, 50, 1000), rng.normal(-3, 0.01, 1000), np.full(1000, 7.0)])
+    shift, scale = standardization(len(x), x.sum(0), (x * x).sum(0))
+    assert np.allclose(shift, x.mean(0)) and np.allclose(scale[:2], 1 / x.std(0)[:2])
+    assert scale[2] == 1.0  # constant: shifted to 0, not divided by 0
+    z = (x - shift) * scale
+    assert np.allclose(z[:, :2].mean(0), 0, atol=1e-9) and np.allclose(z[:, :2].std(0), 1)
+    with pytest.raises(ValueError, match="no training rows"):
+        standardization(0, np.zeros(3), np.zeros(3))
+
+
+def test_a_standardizing_mlp_keeps_its_shift_and_scale_in_the_safetensors(tmp_path):
+    model = build_model(ModelSpec(kind="mlp", hidden=[8], standardize=True), LM, input_dim=3)
+    model.set_standardization([100.0, 0.0, -5.0], [0.01, 1.0, 2.0])
+    model.eval()
+    x = torch.tensor([[100.0, 1.0, -5.0], [300.0, -1.0, -4.0]])
+    # the same as a plain MLP with the same weights fed standardized inputs
+    plain = MLPClassifier(3, [8], 3, 0.1)
+    plain.net.load_state_dict(model.net.state_dict())
+    plain.eval()
+    z = (x - torch.tensor([100.0, 0.0, -5.0])) * torch.tensor([0.01, 1.0, 2.0])
+    assert torch.allclose(model(x), plain(z))
+    save_model(model, str(tmp_path / "m"), LM)
+    loaded, _ = load_model(str(tmp_path / "m"))
+    loaded.eval()
+    assert torch.equal(loaded(x), model(x)) and torch.equal(loaded.scale, model.scale)
+    with pytest.raises(ValueError, match="without standardize"):
+        plain.set_standardization([0.0] * 3, [1.0] * 3)
+    with pytest.raises(ValueError, match="need 3 shifts"):
+        model.set_standardization([0.0], [1.0])
+
+    # a model saved before standardization existed (no key in its config) loads as before
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    save_model(plain, str(tmp_path / "old"), LM)
+    old = json.loads((tmp_path / "old" / "config.json").read_text())
+    del old["standardize"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(old))
+    assert (
+        cfg["standardize"] is True
+        and not load_model(str(tmp_path / "old"))[0].config["standardize"]
+    )
 
 
 def test_mlp_needs_features_and_paths_must_exist():

@@ -171,3 +171,152 @@ def test_lexical_with_smote_is_refused_before_any_work(trec50, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "model.kind=lexical" in err and "random_over" in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize("files", [3, 9])  # fewer files than tasks (row groups), or more
+def test_a_truncated_parquet_file_is_named_before_anything_is_prepared(tmp_path, capsys, files):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(files):
+        n = 200
+        table = pa.table({"x": rng.random(n), "y": rng.random(n), "label": rng.integers(0, 3, n)})
+        pq.write_table(table, data / f"part-{i}.parquet")
+    bad = data / "part-1.parquet"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    run = tmp_path / "run"
+    code = cli.main(
+        [
+            "prepare",
+            "--set",
+            f"data.path={data}",
+            "--set",
+            "data.features=[x, y]",
+            "--set",
+            f"run_dir={run}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read {bad} as parquet" in err
+    assert not (run / "splits").exists() and not (run / "stats.json").exists()
+
+
+@pytest.mark.integration
+def test_prepare_completes_on_data_three_times_the_object_store(ray_local, tmp_path):
+    """The session's Ray has a 256 MiB object store; the input is about 3x that in Arrow
+    memory. Statistics and splits stream over the files, so prepare completes, exactly."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from engine.config import load_spec
+    from engine.prepare import prepare
+
+    store = ray_local.cluster_resources()["object_store_memory"]
+    data = tmp_path / "big"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    rows, nbytes, i = 0, 0, 0
+    while nbytes < 3 * store:
+        n = 2_000_000
+        label = (rng.random(n) < 0.02).astype(np.int8)  # 2 % positives
+        table = pa.table(
+            {
+                "id": np.arange(rows, rows + n, dtype=np.int64),
+                "x": rng.random(n),
+                "y": rng.random(n),
+                "label": label,
+            }
+        )
+        pq.write_table(table, data / f"part-{i:03d}.parquet", row_group_size=500_000)
+        rows, nbytes, i = rows + n, nbytes + table.nbytes, i + 1
+    spec = load_spec(
+        None,
+        [
+            f"data.path={data}",
+            "data.features=[x, y]",
+            "data.id=id",
+            f"run_dir={tmp_path / 'run'}",
+            "split.val=0.1",
+            "split.test=0.1",
+        ],
+    )
+    try:
+        result = prepare(spec)
+        manifest = json.loads((tmp_path / "run" / "splits" / "_manifest.json").read_text())
+        assert sum(manifest["rows"].values()) == rows and nbytes >= 3 * store
+        counts = manifest["counts"]
+        assert sum(counts["test"].values()) == pytest.approx(0.1 * rows, abs=2)
+        assert list(result.stats.counts) == [
+            sum(counts[s][k] for s in ("train", "val", "test")) for k in result.stats.label_map.keys
+        ]
+    finally:  # about 1.2 GB of Parquet: not left for pytest's kept temp dirs
+        import shutil
+
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_prepare_killed_while_writing_the_splits_leaves_no_half_splits_and_a_rerun_is_exact(
+    tmp_path, ray_env
+):
+    """SIGKILL the whole `raybalance prepare` process group while the split files are being
+    written; the splits folder is not there (no half of it), and a rerun writes every input
+    row exactly once and removes the dead writer's temporary folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    n_files, per_file = 4, 600_000
+    for i in range(n_files):
+        cols = {f"x{j}": rng.random(per_file) for j in range(6)}
+        cols["label"] = rng.choice(4, per_file, p=[0.85, 0.1, 0.04, 0.01])
+        cols["id"] = np.arange(i * per_file, (i + 1) * per_file)
+        pq.write_table(pa.table(cols), data / f"part-{i}.parquet", row_group_size=100_000)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jobs.cli", "prepare", "--set", f"data.path={data}"]
+    cmd += ["--set", "data.features=[x0, x1, x2, x3, x4, x5]", "--set", "data.id=id"]
+    cmd += ["--set", f"run_dir={run}"]
+    root = Path(__file__).parent.parent
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(
+        cmd, cwd=root, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(run.glob(".splits.tmp-*/*/*.parquet")):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the split files were never being written"
+            time.sleep(0.02)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        log.close()
+    assert not (run / "splits").exists()  # no half splits under the real name
+    assert list(run.glob(".splits.tmp-*"))  # what the dead writer left, aside
+
+    proc = subprocess.run(cmd, cwd=root, env=ray_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not list(run.glob(".splits.tmp-*"))
+    ids = np.concatenate(
+        [
+            pq.read_table(f, columns=["id"]).column(0).to_numpy()
+            for f in sorted((run / "splits").rglob("*.parquet"))
+        ]
+    )
+    assert len(ids) == n_files * per_file and len(np.unique(ids)) == len(ids)  # exactly once
+    manifest = json.loads((run / "splits" / "_manifest.json").read_text())
+    assert sum(sum(c.values()) for c in manifest["counts"].values()) == n_files * per_file

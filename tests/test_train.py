@@ -69,6 +69,9 @@ def test_mlp_two_workers_balanced_map_sampler_learns(ray_local, digits, tmp_path
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     best = max(row["val_macro_f1"] for row in history)
     assert result.best["val_macro_f1"] == pytest.approx(best)
+    assert all(0 <= row["val_minority_recall"] <= 1 for row in history)
+    by_recall = _spec(digits, tmp_path / "run", "train.metric=val_minority_recall")
+    assert by_recall.train.precision_floor == 0.5
     m = evaluate_split(spec, result.best_dir, "test")
     assert 0.3 < m["macro_f1"] <= 1 and len(m["tail"]) == 3 and 0 <= m["tail_recall"] <= 1
     with pytest.raises(ValueError, match="holds a finished training run"):
@@ -90,8 +93,24 @@ def test_stream_mode_with_class_balanced_focal(ray_local, digits, tmp_path):
         "train.epochs=2",
     )
     prepare(spec)
-    history, _ = _check_run(fit(spec), 2)
+    result = fit(spec)
+    history, model = _check_run(result, 2)
     assert all(row["steps"] > 0 for row in history)
+    # tabular features: standardized by default, on the streamed train rows
+    _check_standardization(model, Path(result.run_dir) / "splits" / "train")
+
+
+def _check_standardization(model, train_dir: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    x = np.stack(pq.read_table(train_dir, columns=["features"]).column(0).to_numpy(False))
+    x = x.astype(np.float64)
+    assert model.config["standardize"] is True
+    assert np.allclose(model.shift.numpy(), x.mean(0), atol=1e-4)
+    varies = x.std(0) > 0
+    assert np.allclose(model.scale.numpy()[varies], 1 / x.std(0)[varies], rtol=1e-4)
+    assert (model.scale.numpy()[~varies] == 1).all()
 
 
 @pytest.mark.slow
@@ -102,6 +121,12 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     result = fit(spec, fault={"epoch": 1, "step": 3, "rank": 1, "marker": str(marker)})
     assert marker.exists()  # the worker really exited once
     history, model = _check_run(result, 3)
+    _check_standardization(model, Path(result.run_dir) / "splits" / "train")  # materialized path
+    # the checkpoints it resumed from hold no pickle: safetensors + JSON only
+    files = [p for p in Path(result.run_dir).rglob("*") if p.is_file()]
+    states = [p for p in files if p.name == "state.safetensors"]
+    assert states and all(p.parent.name == "train_state" for p in states)
+    assert not [p for p in files if p.suffix in (".pt", ".pkl", ".pickle", ".bin")]
     x = torch.randn(2, 64)
     model.eval()
     assert model(x).shape == (2, 10)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -126,6 +125,34 @@ def test_default_space_is_derived_from_the_spec_and_counts_and_overridden():
     assert strategies == ("auto", {"power": 0.5}, {"max_ratio": 5.0})  # sqrt(100 / 4)
     assert "loss.tau" not in resolved and resolved["train.lr"] == Dist("fixed", (0.01,))
     assert resolved["loss.beta"] == Dist("uniform", (0.9, 0.99))
+
+
+def test_model_kinds_that_cannot_read_the_data_are_dropped_from_the_search(caplog):
+    space = {"model.kind": {"grid": ["mlp", "lexical"]}}
+    text = load_spec(None, ["data.text=t", "model.kind=mlp", f"tune.search_space={space}"])
+    assert resolve_search_space(text)["model.kind"].args == ("mlp", "lexical")
+    features = load_spec(
+        None,
+        ["data.features=[a, b]", "model.kind=mlp", f"tune.search_space={space}"],
+    )
+    with caplog.at_level(logging.WARNING, logger="raybalance"):
+        assert resolve_search_space(features)["model.kind"].args == ("mlp",)
+    assert "['lexical'] dropped from the search" in caplog.text
+    # text that is not embedded (the run's own model is lexical): no MLP trials
+    lexical = load_spec(None, ["data.text=t", "model.kind=lexical", f"tune.search_space={space}"])
+    assert resolve_search_space(lexical)["model.kind"].args == ("lexical",)
+    # SMOTE rows have no text: only MLP trials
+    smote = load_spec(
+        None,
+        ["data.text=t", "model.kind=mlp", "resample.method=smote", f"tune.search_space={space}"],
+    )
+    assert resolve_search_space(smote)["model.kind"].args == ("mlp",)
+    only = load_spec(
+        None,
+        ["data.features=[a]", "model.kind=mlp", "tune.search_space={model.kind: lexical}"],
+    )
+    with pytest.raises(SpecError, match="none of \\['lexical'\\] can read this data"):
+        resolve_search_space(only)
 
 
 def test_choices_of_values_optuna_cannot_hold_round_trip_through_json():
@@ -284,28 +311,6 @@ def digits(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def ray_env(tmp_path):
-    """The environment of a job process: its own HOME (Ray's auth token) and a short
-    RAY_TMPDIR (socket paths are limited to 107 bytes); processes left behind are ended."""
-    import psutil
-
-    temp = tempfile.mkdtemp(prefix="rbt-", dir="/tmp")
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(HOME=str(home), RAY_TMPDIR=temp, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"] = "2"
-    yield env
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if temp in " ".join(p.info["cmdline"] or []):
-                p.kill()
-        except psutil.Error:
-            pass
-    shutil.rmtree(temp, ignore_errors=True)
-
-
 def _job(module: str, data: Path, run: Path, *sets: str) -> list[str]:
     cmd = [sys.executable, "-m", *module.split(), "--config", str(CONFIG)]
     for s in [
@@ -331,6 +336,7 @@ def _check_best_dirs(table: pd.DataFrame) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_asha_search_end_to_end_with_a_trial_that_fails_past_its_retries(digits, tmp_path, ray_env):
     """A grid of 3 resampling strategies: 'majority' cannot over-sample, so that trial fails
     twice (max_failures=1; first in the grid, so its retry overlaps the others), {power: 0.5}
@@ -393,6 +399,7 @@ def _attempts(run: Path, trial_id: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_path, ray_env):
     run = tmp_path / "run"
     cmd = _job(

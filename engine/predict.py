@@ -1,0 +1,167 @@
+"""Batch prediction with an ensemble artifact, on Ray Data.
+
+    raybalance predict runs/demo/ensemble data/new.parquet --out runs/demo/predictions
+    result = predict("runs/demo/ensemble", "data/new.parquet", "out/", keep=["id"])
+
+The artifact is verified first (``engine.ensemble.load_artifact``: every file's sha256 against
+its manifest, nothing but safetensors / JSON / tokenizer vocabulary, nothing loaded before the
+check). The rows then stream through the scoring actor pool (every member loaded once per
+actor; the artifact's own frozen encoder embeds the text for members that read embeddings,
+unless the data already has the embedding column): members' probabilities → weighted mean →
+temperature → the fitted thresholds. Output: Parquet files under ``out`` with the ``keep``
+columns (default: every input column), ``prediction`` (the label, in the label column's type)
+and ``proba_<label>`` (float32) per class, in input order, plus ``_predict.json`` (rows,
+predicted rows per class, the artifact's manifest hash). Written into a temporary folder that
+is renamed into place when complete; an existing ``out`` is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.data import read_dataset, read_schema, resolve_source
+from engine.ensemble import (
+    MANIFEST,
+    load_artifact,
+    map_scorer,
+    resolve_scoring_columns,
+    sha256_file,
+)
+from engine.io import exists, filesystem_and_path, replace_dir, writer_temp_dir
+
+SUMMARY = "_predict.json"
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    path: str
+    rows: int
+    predicted: dict[str, int]  # rows predicted per class (label keys)
+    columns: list[str]
+
+
+def _needed(art, schema: pa.Schema, data: str) -> dict[str, Any]:
+    """The scorer's columns for this data; raises naming what is missing."""
+    cols = art.manifest["columns"]
+    names = list(schema.names)
+    kinds = {m.inputs for m in art.members}
+    emb_col = art.embed.column if art.embed is not None else None
+    need_text = "text" in kinds or ("embedding" in kinds and emb_col not in names)
+    if need_text and cols.get("text") not in names:
+        raise ValueError(
+            f"{data}: the ensemble's members read the text column {cols.get('text')!r}, which is "
+            f"not in the data; its columns are {names}"
+        )
+    features = cols.get("features")
+    one = None
+    if "features" in kinds:
+        if isinstance(features, str):
+            one = features
+        elif isinstance(features, list) and len(features) == 1:
+            one = features[0]
+    columns = {
+        "label": cols.get("label"),
+        "text": cols.get("text"),
+        "features": list(features) if isinstance(features, list) and len(features) > 1 else [],
+        "vector": None,
+        "_one": one,
+    }
+    if "features" in kinds:
+        missing = [c for c in columns["features"] if c not in names]
+        if missing:
+            raise ValueError(
+                f"{data}: feature columns {missing} of the ensemble are not in the data; its "
+                f"columns are {names}"
+            )
+    return resolve_scoring_columns(columns, schema)
+
+
+def predict(
+    artifact: str,
+    data: str,
+    out: str,
+    *,
+    format: str = "auto",
+    keep: Sequence[str] | None = None,
+    overwrite: bool = False,
+    batch_size: int = 512,
+) -> PredictResult:
+    """Apply the ensemble ``artifact`` to the dataset at ``data``; write ``out`` atomically.
+
+    Raises:
+        ValueError: a tampered or unknown artifact, missing input columns, an unknown ``keep``
+            column, or an existing ``out`` without ``overwrite``.
+    """
+    from engine.embed import _part_names
+
+    art = load_artifact(artifact)
+    source = resolve_source(data, format)
+    schema = read_schema(source)
+    columns = _needed(art, schema, data)
+    keep = list(schema.names) if keep is None else list(keep)
+    unknown = [c for c in keep if c not in schema.names]
+    if unknown:
+        raise ValueError(f"--keep columns {unknown} are not in {data}; its columns: {schema.names}")
+    clash = [c for c in keep if c == "prediction" or c.startswith("proba_")]
+    if clash:
+        raise ValueError(
+            f"{data} has columns {clash} that the output would overwrite; leave them out with "
+            "--keep"
+        )
+    fs, root = filesystem_and_path(out)
+    if exists(fs, root) and not overwrite:
+        raise ValueError(f"{out} exists; pass --overwrite to replace it")
+
+    ds = read_dataset(source, ordered=True)  # output rows in input order
+    scored = map_scorer(
+        ds,
+        art.members,
+        columns,
+        art.label_map,
+        art.embed,
+        with_labels=False,
+        combine_args=art.combine_args(),
+        keep=keep,
+        batch_size=batch_size,
+    )
+    tmp = writer_temp_dir(fs, root)
+    try:
+        import ray
+
+        scored.write_parquet(
+            tmp, filesystem=fs, filename_provider=_part_names(), mode=ray.data.SaveMode.CREATE
+        )
+        files = sorted(
+            f.path for f in fs.get_file_info(pa.fs.FileSelector(tmp)) if f.path.endswith(".parquet")
+        )
+        counts: dict[str, int] = {k: 0 for k in art.label_map.keys}
+        rows = 0
+        keys = dict(zip(art.label_map.labels, art.label_map.keys))
+        for path in files:
+            col = pq.read_table(path, columns=["prediction"], filesystem=fs).column(0)
+            rows += len(col)
+            for vc in pc.value_counts(col).to_pylist():
+                counts[keys[vc["values"]]] += vc["counts"]
+        summary = {
+            "rows": rows,
+            "predicted": counts,
+            "data": data,
+            "artifact": art.path,
+            "manifest_sha256": sha256_file(os.path.join(art.path, MANIFEST)),
+        }
+        with fs.open_output_stream(f"{tmp}/{SUMMARY}") as f:
+            f.write(json.dumps(summary, indent=2).encode())
+        replace_dir(fs, tmp, root)
+    except BaseException:
+        fs.delete_dir(tmp) if exists(fs, tmp) else None
+        raise
+    out_cols = keep + ["prediction"] + [f"proba_{k}" for k in art.label_map.keys]
+    return PredictResult(out, rows, counts, out_cols)
