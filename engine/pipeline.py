@@ -23,7 +23,9 @@ spec is skipped, so a rerun after a crash continues where it stopped):
 ``RUN_DIR/pipeline.json`` records a digest per finished stage: the spec sections it depends on
 and the digest of the stage before it. A stage whose digest changed is redone — the derived
 stages (ensemble, report) on their own; the trained ones (baseline, tune) only with
-``overwrite``, otherwise the run stops naming the stage and what changed.
+``overwrite``, otherwise the run stops naming the stage and what changed. A search finished by
+``raybalance tune`` on the same spec and space (``engine.tune.finished_search_matches``) is
+taken as the tune stage.
 """
 
 from __future__ import annotations
@@ -384,7 +386,7 @@ def run_pipeline(
     Needs a Ray with the dashboard on for the tune stage (see ``engine.tune.search``).
     """
     from engine.prepare import prepare
-    from engine.tune import search
+    from engine.tune import finished_search_matches, search
 
     spec = replace(spec, run_dir=local_dir(spec.run_dir, "raybalance run"))
     run_dir = spec.run_dir
@@ -431,6 +433,10 @@ def run_pipeline(
 
     st = state()
     tune_done = os.path.exists(os.path.join(run_dir, "tune", "results.parquet"))
+    if tune_done and "tune" not in st and not overwrite and finished_search_matches(spec):
+        # a search that `raybalance tune` finished on this spec: the pipeline carries on from it
+        st["tune"] = digests["tune"]
+        write_json_atomic(state_path, st)
     if _check_trained("tune", st, digests["tune"], tune_done, overwrite):
         t0 = time.perf_counter()
         notify("tune", "start")

@@ -856,6 +856,46 @@ def new_tuner(
     )
 
 
+def _search_inputs(spec: JobSpec) -> tuple[JobSpec, dict[str, int], dict[str, Dist]]:
+    """``spec`` as a search runs it (local run_dir, absolute model path), the train split's
+    class counts and the resolved search space.
+
+    Raises:
+        ValueError: an unknown ``tune.metric`` or no prepared splits.
+    """
+    from engine.data import LabelMap
+    from engine.io import join, local_dir, read_json
+    from engine.split import read_manifest
+    from engine.train import train_source
+
+    if spec.tune.metric not in METRICS:
+        raise ValueError(f"tune.metric={spec.tune.metric!r}: use one of {list(METRICS)}")
+    run_dir = local_dir(spec.run_dir, "the tune search")
+    model = spec.model
+    if os.path.isdir(model.path) and not os.path.isabs(model.path):
+        model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd
+    spec = replace(spec, run_dir=run_dir, model=model)
+    manifest = read_manifest(join(run_dir, "splits"))
+    if manifest is None:
+        raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
+    keys = LabelMap.from_json(read_json(join(run_dir, "label_map.json"))).keys
+    counts = train_source(run_dir, keys, manifest)[1]
+    return spec, counts, resolve_search_space(spec, counts)
+
+
+def finished_search_matches(spec: JobSpec) -> bool:
+    """Whether ``RUN_DIR/tune`` holds a finished search (``results.parquet``) made from this
+    very spec and search space — by ``raybalance tune`` or by an earlier pipeline run."""
+    from engine.io import join, read_json
+
+    spec, _, space = _search_inputs(spec)
+    tune_dir = join(spec.run_dir, TUNE_DIR)
+    record = join(tune_dir, "search.json")
+    if not (os.path.exists(join(tune_dir, "results.parquet")) and os.path.exists(record)):
+        return False
+    return read_json(record) == _search_record(spec, space)
+
+
 def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     """Run (or resume) the Tune search of ``spec.tune`` over the run's prepared splits.
 
@@ -873,25 +913,11 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     import ray
     from ray import tune
 
-    from engine.data import LabelMap
-    from engine.io import join, local_dir, read_json, write_json_atomic
-    from engine.split import read_manifest
-    from engine.train import train_source
+    from engine.io import join, read_json, write_json_atomic
 
     t = spec.tune
-    if t.metric not in METRICS:
-        raise ValueError(f"tune.metric={t.metric!r}: use one of {list(METRICS)}")
-    run_dir = local_dir(spec.run_dir, "the tune search")
-    model = spec.model
-    if os.path.isdir(model.path) and not os.path.isabs(model.path):
-        model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd
-    spec = replace(spec, run_dir=run_dir, model=model)
-    manifest = read_manifest(join(run_dir, "splits"))
-    if manifest is None:
-        raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
-    keys = LabelMap.from_json(read_json(join(run_dir, "label_map.json"))).keys
-    counts = train_source(run_dir, keys, manifest)[1]
-
+    spec, _, space = _search_inputs(spec)
+    run_dir = spec.run_dir
     tune_dir = join(run_dir, TUNE_DIR)
     results_path = join(tune_dir, "results.parquet")
     if os.path.exists(results_path):
@@ -904,7 +930,6 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
         shutil.rmtree(tune_dir)
 
     check_trainer_cleanup()
-    space = resolve_search_space(spec, counts)
     modes = space["sampler.mode"].args if "sampler.mode" in space else (spec.sampler.mode,)
     res = trial_resources(
         ray.cluster_resources(),

@@ -380,6 +380,36 @@ def test_asha_search_end_to_end_with_a_trial_that_fails_past_its_retries(digits,
     with pytest.raises(ValueError, match="holds a finished search"):
         search(spec)
 
+    # the pipeline on the same spec carries on from this search and reports the failed trial
+    cmd = _job("jobs.cli run", digits, run, *sets)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "tune: complete artifact found, skipped" in out and "▶ tune" not in out
+    trial = failed["trial_id"].item()
+    line = f"tune trial {trial} failed after 2 attempt(s)"
+    assert line in out
+    metrics = json.loads((run / "report/metrics.json").read_text())
+    assert metrics["trials"] == {
+        "total": 3,
+        "errors": 1,
+        "completed": int((ok["status"] == "completed").sum()),
+    }
+    assert any(n.startswith(line) for n in metrics["notes"])
+    assert line in (run / "report/report.html").read_text()
+    # a search space that differs from the finished search's is not taken as it
+    cmd = _job(
+        "jobs.cli run",
+        digits,
+        run,
+        *sets[:-1],
+        "tune.search_space={loss.name: {choice: [ce, focal]}}",
+    )
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode != 0 and "the tune stage in this run_dir was made with another spec" in (
+        proc.stdout + proc.stderr
+    )
+
 
 def _tune_statuses(run: Path) -> dict[str, str]:
     states = sorted(glob.glob(str(run / "tune/ray/tune/experiment_state-*.json")))
