@@ -6,6 +6,7 @@ never leaves a half-written file that looks whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -88,6 +89,12 @@ def write_bytes_atomic(
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, fs: pafs.FileSystem | None = None) -> str:
     return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode(), fs)
+
+
+def json_digest(*parts: Any) -> str:
+    """A short stable digest of JSON-able ``parts`` (keys sorted; other values by ``str``)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -30,7 +30,6 @@ taken as the tune stage.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from engine.config import JobSpec, LossSpec, SamplerSpec
-from engine.io import local_dir, read_json, write_json_atomic
+from engine.io import json_digest, local_dir, read_json, write_bytes_atomic, write_json_atomic
 
 log = logging.getLogger("raybalance")
 
@@ -83,7 +82,7 @@ def prepared_digest(run_dir: str) -> str:
     ):
         path = os.path.join(run_dir, rel)
         parts.append([rel, read_json(path) if os.path.exists(path) else None])
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+    return json_digest(parts)
 
 
 def stage_digests(spec: JobSpec, prepared: str) -> dict[str, str]:
@@ -92,10 +91,7 @@ def stage_digests(spec: JobSpec, prepared: str) -> dict[str, str]:
     d = asdict(spec)
     out, prev = {}, prepared
     for stage in STAGES:
-        payload = json.dumps(
-            [prev, {s: d[s] for s in SECTIONS[stage]}], sort_keys=True, default=repr
-        )
-        prev = out[stage] = hashlib.sha256(payload.encode()).hexdigest()[:16]
+        prev = out[stage] = json_digest(prev, {s: d[s] for s in SECTIONS[stage]})
     return out
 
 
@@ -124,16 +120,14 @@ def _baseline(spec: JobSpec, run_dir: str) -> str:
 
 
 def _save_scores(path: str, scores: dict[str, Any], names: list[str]) -> None:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {}
     for split, s in scores.items():
         tensors[f"{split}/y"] = np.ascontiguousarray(s.y, dtype=np.int64)
         for name in names:
             tensors[f"{split}/{name}"] = np.ascontiguousarray(s.proba[name], dtype=np.float64)
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata={"models": json.dumps(names)})
-    os.replace(tmp, path)
+    write_bytes_atomic(path, save(tensors, metadata={"models": json.dumps(names)}))
 
 
 def load_scores(path: str) -> dict[str, dict[str, np.ndarray]]:

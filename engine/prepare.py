@@ -15,8 +15,6 @@ run and its spec) is refused unless ``overwrite`` is set.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -27,6 +25,7 @@ from engine.io import (
     exists,
     filesystem_and_path,
     join,
+    json_digest,
     read_json,
     write_bytes_atomic,
     write_json_atomic,
@@ -113,12 +112,7 @@ def input_fingerprint(spec: JobSpec, source) -> str:
     the data, stats and split specs. Equal digests: the prepared splits are up to date."""
     infos = source.filesystem.get_file_info(list(source.files))
     files = [[i.path, i.size, i.mtime_ns] for i in infos]
-    return _digest(files, *(asdict(getattr(spec, s)) for s in OWNING_SECTIONS))
-
-
-def _digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return json_digest(files, *(asdict(getattr(spec, s)) for s in OWNING_SECTIONS))
 
 
 def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
@@ -196,12 +190,12 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
         warnings = result.warnings + splits.warnings
         text_col = result.columns.text
         manifest = read_manifest(splits_dir)
-    splits_key = _digest(fingerprint, manifest["run"])
+    splits_key = json_digest(fingerprint, manifest["run"])
 
     embedded = join(root, "embedded")
     embed_key = None
     if needs_embedding(spec):
-        embed_key = _digest(splits_key, asdict(spec.embed))
+        embed_key = json_digest(splits_key, asdict(spec.embed))
         _embed_splits(spec, text_col, embed_key)
     elif exists(fs, embedded):
         fs.delete_dir(embedded)  # from an earlier spec: stale
@@ -209,7 +203,7 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
     resampled_dir = join(root, "resampled")
     resampled = None
     if spec.resample.method != "none":
-        resample_key = _digest(splits_key, embed_key, asdict(spec.resample), asdict(spec.stats))
+        resample_key = json_digest(splits_key, embed_key, asdict(spec.resample), asdict(spec.stats))
         done = join(resampled_dir, "_resample.json")
         if exists(fs, join(resampled_dir, "stats.json")) and exists(fs, done):
             old = read_json(join(spec.run_dir, "resampled", "_resample.json"))

@@ -16,7 +16,7 @@ there into the report (``metrics.json`` ``dropped`` and a note on the page).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -87,8 +87,9 @@ def screen_files(source: Source, files: list[str], label: str) -> list[BadFile |
     out: list[BadFile | None] = []
     for path in files:
         try:
-            for _ in iter_fragment(source, Fragment(path)):
-                pass
+            deque(
+                iter_fragment(source, Fragment(path)), maxlen=0
+            )  # decoding every batch is the check
             out.append(None)
             continue
         except ValueError as e:  # iter_fragment names the file and the reader's error

@@ -623,7 +623,7 @@ def fit(
     }
     datasets = {}
     train_arrays = None
-    if spec.sampler.mode == "stream":
+    if stream:
         datasets["train"] = train_ds
     else:
         train_arrays = _materialize(train_ds)

@@ -13,6 +13,7 @@ import pytest
 
 from engine.strategy import resolve_targets
 from jobs import cli
+from tests._procs import kill_when
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -268,10 +269,8 @@ def test_prepare_killed_while_writing_the_splits_leaves_no_half_splits_and_a_rer
     """SIGKILL the whole `raybalance prepare` process group while the split files are being
     written; the splits folder is not there (no half of it), and a rerun writes every input
     row exactly once and removes the dead writer's temporary folder."""
-    import signal
     import subprocess
     import sys
-    import time
 
     import numpy as np
     import pyarrow as pa
@@ -291,20 +290,15 @@ def test_prepare_killed_while_writing_the_splits_leaves_no_half_splits_and_a_rer
     cmd += ["--set", "data.features=[x0, x1, x2, x3, x4, x5]", "--set", "data.id=id"]
     cmd += ["--set", f"run_dir={run}"]
     root = Path(__file__).parent.parent
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(
-        cmd, cwd=root, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    kill_when(
+        cmd,
+        root,
+        ray_env,
+        tmp_path / "first.log",
+        lambda: bool(list(run.glob(".splits.tmp-*/*/*.parquet"))),
+        what="writing the split files",
+        poll=0.02,
     )
-    try:
-        deadline = time.monotonic() + 300
-        while not list(run.glob(".splits.tmp-*/*/*.parquet")):
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the split files were never being written"
-            time.sleep(0.02)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
     assert not (run / "splits").exists()  # no half splits under the real name
     assert list(run.glob(".splits.tmp-*"))  # what the dead writer left, aside
 

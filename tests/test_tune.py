@@ -8,11 +8,8 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +31,7 @@ from engine.tune import (
     trial_resources,
     trial_values,
 )
+from tests._procs import kill_when
 
 ROOT = Path(__file__).parent.parent
 CONFIG = ROOT / "jobs/configs/digits_lt100.yaml"
@@ -440,20 +438,14 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_p
         "tune.scheduler=fifo",
         "tune.max_concurrent_trials=1",
     )
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(
-        cmd, cwd=ROOT, env=ray_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    kill_when(
+        cmd,
+        ROOT,
+        ray_env,
+        tmp_path / "first.log",
+        lambda: "TERMINATED" in _tune_statuses(run).values(),
+        what="a finished trial",
     )
-    try:
-        deadline = time.monotonic() + 300
-        while "TERMINATED" not in _tune_statuses(run).values():
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        log.close()
     finished = {t for t, s in _tune_statuses(run).items() if s == "TERMINATED"}
     assert finished and not (run / "tune/results.parquet").exists()
 
