@@ -418,34 +418,96 @@ def run_fragments(
     return results
 
 
+ROW = "_raybalance_row"  # a row's place in its source: fragment index << ROW_BITS | row in it
+ROW_BITS = 40
+
+
 def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordered: bool = False):
     """The files as a Ray Dataset (training and inference stream from it).
 
-    ``ordered``: rows come out in file order, then row order within each file, through every
-    later transform (``preserve_order`` on the dataset's context). Ray 2.60's second-generation
-    Parquet reader does not keep that order under load even with ``preserve_order`` (measured:
-    3 of 25 reads of two files through an actor pool came back with the files swapped on a busy
-    2-core machine, 0 of 25 with the first-generation reader), so an ordered Parquet read uses
-    the first-generation reader.
+    ``ordered``: every row carries its place in the source in the int64 column ``ROW``
+    (fragment index << ``ROW_BITS`` | row within the fragment; fragments in file order), so
+    order is a property of the data, not of the scheduler: ``in_source_order`` sorts a
+    collected table by it and ``write_in_source_order`` writes files whose names sort in it.
+    (Ray Data keeps no read order under load, even with ``preserve_order``.)
     """
     import ray
 
-    files = list(source.files)
     cols = list(columns) if columns is not None else None
-    fs = source.filesystem
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.use_datasource_v2
-    try:
-        if ordered:
-            ctx.use_datasource_v2 = False  # read at call time by ``read_parquet``; restored below
-        if source.format == "parquet":
-            ds = ray.data.read_parquet(files, filesystem=fs)
-        elif source.format == "csv":
-            ds = ray.data.read_csv(files, filesystem=fs)
-        else:
-            ds = ray.data.read_json(files, filesystem=fs)  # pyarrow reads newline-delimited JSON
-    finally:
-        ctx.use_datasource_v2 = saved
     if ordered:
-        ds.context.execution_options.preserve_order = True
+        return _read_positioned(source, cols)
+    files = list(source.files)
+    fs = source.filesystem
+    if source.format == "parquet":
+        ds = ray.data.read_parquet(files, filesystem=fs)
+    elif source.format == "csv":
+        ds = ray.data.read_csv(files, filesystem=fs)
+    else:
+        ds = ray.data.read_json(files, filesystem=fs)  # pyarrow reads newline-delimited JSON
     return ds.select_columns(cols) if cols is not None else ds
+
+
+def _read_positioned(source: Source, columns: list[str] | None):
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    frags = fragments(source, target=2 * cpus)
+    schema = read_schema(source) if source.format != "parquet" else None
+    items = ray.data.from_items(
+        [{"fragment": i} for i in range(len(frags))], override_num_blocks=len(frags)
+    )
+    return items.map_batches(
+        _read_fragments,
+        fn_kwargs={"source": source, "frags": frags, "columns": columns, "schema": schema},
+        batch_size=1,
+        batch_format="pyarrow",
+    )
+
+
+def _read_fragments(
+    batch: pa.Table,
+    source: Source,
+    frags: list[Fragment],
+    columns: list[str] | None,
+    schema: pa.Schema | None,
+) -> Iterator[pa.Table]:
+    for i in batch.column("fragment").to_pylist():
+        start = i << ROW_BITS
+        for table in iter_fragment(source, frags[i], columns, schema):
+            rows = np.arange(start, start + table.num_rows, dtype=np.int64)
+            start += table.num_rows
+            yield table.append_column(ROW, pa.array(rows))
+
+
+def in_source_order(table: pa.Table) -> pa.Table:
+    """Rows of an ``ordered`` read (collected in any order) in source order, without ``ROW``."""
+    if ROW not in table.column_names:
+        return table
+    return table.sort_by(ROW).drop_columns([ROW])
+
+
+def write_in_source_order(ds, fs: pafs.FileSystem, folder: str) -> int:
+    """Write the rows of an ``ordered`` read as Parquet files under ``folder`` (created) whose
+    names sort in source order (``part-<first row's place>.parquet``); returns the row count.
+
+    A distributed sort by ``ROW`` cuts the rows into contiguous ranges; each range is written
+    under its first place, so neither the scheduler nor retries can reorder the output.
+    """
+    fs.create_dir(folder, recursive=True)
+    written = ds.sort(ROW).map_batches(
+        _write_range,
+        fn_kwargs={"fs": fs, "folder": folder},
+        batch_size=None,
+        batch_format="pyarrow",
+    )
+    return sum(int(r["rows"]) for r in written.take_all())
+
+
+def _write_range(table: pa.Table, fs: pafs.FileSystem, folder: str) -> pa.Table:
+    if table.num_rows == 0:
+        return pa.table({"rows": pa.array([], pa.int64())})
+    table = table.sort_by(ROW)
+    first = table.column(ROW)[0].as_py()
+    path = f"{folder}/part-{first:020d}.parquet"
+    pq.write_table(table.drop_columns([ROW]), path, filesystem=fs)
+    return pa.table({"rows": [table.num_rows]})

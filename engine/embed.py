@@ -27,7 +27,15 @@ import numpy as np
 import pyarrow as pa
 
 from engine.config import EmbedSpec, build_section
-from engine.data import Fragment, Source, iter_fragment, read_dataset, read_schema, run_fragments
+from engine.data import (
+    Fragment,
+    Source,
+    iter_fragment,
+    read_dataset,
+    read_schema,
+    run_fragments,
+    write_in_source_order,
+)
 from engine.io import (
     exists,
     filesystem_and_path,
@@ -327,18 +335,6 @@ def _count_text(source: Source, frags: list[Fragment], text: str) -> tuple[int, 
     return rows, nulls
 
 
-def _part_names():
-    from ray.data.datasource import FilenameProvider
-
-    class PartNames(FilenameProvider):
-        """``part-000000-0.parquet``, … : no per-write UUID in the names."""
-
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{task_index:06d}.parquet"
-
-    return PartNames(file_format="parquet")
-
-
 def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> EmbedResult:
     """Embed ``source`` into Parquet files under ``out_dir``, replacing it atomically.
 
@@ -377,16 +373,11 @@ def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> Emb
     fs, final = filesystem_and_path(out_dir)
     tmp = writer_temp_dir(fs, final)
     try:
-        import ray
-
-        # Nulls were counted above, faster than a Ray Data pass. Ordered: the files hold the
-        # rows in the split's order, so that training on them is the same from run to run.
+        # Nulls were counted above, faster than a Ray Data pass. Each row carries its place
+        # in the split: the files hold the rows in the split's order, so that training on them
+        # is the same from run to run.
         ds = _embed(read_dataset(source, ordered=True), text, spec, check_nulls=False)
-        ds.write_parquet(
-            tmp, filesystem=fs, filename_provider=_part_names(), mode=ray.data.SaveMode.CREATE
-        )
-        if not exists(fs, tmp):
-            fs.create_dir(tmp)
+        write_in_source_order(ds, fs, tmp)
         written = _count_rows(fs, tmp)
         if written != rows:
             raise RuntimeError(

@@ -277,6 +277,8 @@ class Scorer:
                 cols["label"] = pa.array(self.label_map.encode(batch.column(self.columns["label"])))
             for i, p in enumerate(probas):
                 cols[f"p{i}"] = _list_array(p)
+            for k in self.keep:  # e.g. the rows' places in their source
+                cols[k] = batch.column(k)
             return pa.table(cols)
         from engine.thresholds import Thresholds, apply_thresholds
 
@@ -396,15 +398,17 @@ def score_splits(
 
     ``embed``: the frozen encoder for ``embedding`` members when a split lacks its column.
     """
-    from engine.data import read_dataset, read_schema, resolve_source
+    from engine.data import ROW, in_source_order, read_dataset, read_schema, resolve_source
 
     out: dict[str, SplitScores] = {}
     for split, folder in splits.items():
         source = resolve_source(folder)
         columns = resolve_scoring_columns(scoring_columns(spec), read_schema(source))
-        ds = map_scorer(read_dataset(source, ordered=True), refs, columns, label_map, embed)
+        ds = map_scorer(
+            read_dataset(source, ordered=True), refs, columns, label_map, embed, keep=[ROW]
+        )
         parts = [b for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
-        table = pa.concat_tables(parts) if parts else None
+        table = in_source_order(pa.concat_tables(parts)) if parts else None
         k = len(label_map)
         if table is None or table.num_rows == 0:
             out[split] = SplitScores(

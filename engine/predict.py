@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data import read_dataset, read_schema, resolve_source
+from engine.data import ROW, read_dataset, read_schema, resolve_source, write_in_source_order
 from engine.ensemble import (
     MANIFEST,
     load_artifact,
@@ -100,8 +100,6 @@ def predict(
         ValueError: a tampered or unknown artifact, missing input columns, an unknown ``keep``
             column, or an existing ``out`` without ``overwrite``.
     """
-    from engine.embed import _part_names
-
     art = load_artifact(artifact)
     source = resolve_source(data, format)
     schema = read_schema(source)
@@ -120,7 +118,7 @@ def predict(
     if exists(fs, root) and not overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
 
-    ds = read_dataset(source, ordered=True)  # output rows in input order
+    ds = read_dataset(source, ordered=True)  # each row carries its place: output in input order
     scored = map_scorer(
         ds,
         art.members,
@@ -129,16 +127,12 @@ def predict(
         art.embed,
         with_labels=False,
         combine_args=art.combine_args(),
-        keep=keep,
+        keep=[*keep, ROW],
         batch_size=batch_size,
     )
     tmp = writer_temp_dir(fs, root)
     try:
-        import ray
-
-        scored.write_parquet(
-            tmp, filesystem=fs, filename_provider=_part_names(), mode=ray.data.SaveMode.CREATE
-        )
+        write_in_source_order(scored, fs, tmp)
         files = sorted(
             f.path for f in fs.get_file_info(pa.fs.FileSelector(tmp)) if f.path.endswith(".parquet")
         )

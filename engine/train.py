@@ -42,6 +42,7 @@ from engine.config import (
     build_section,
 )
 from engine.data import (
+    ROW,
     Columns,
     LabelMap,
     read_dataset,
@@ -117,6 +118,8 @@ def _to_inputs(batch, cols: Columns, model: ModelSpec, label_map: LabelMap, vect
     else:
         out = _tokenize(batch, cols.text, model.path, model.max_length)
     out["label"] = labels
+    if ROW in batch:  # the row's place in its source (an ordered read)
+        out[ROW] = np.asarray(batch[ROW])
     return out
 
 
@@ -147,14 +150,19 @@ def preprocess(ds, cols: Columns, model: ModelSpec, label_map: LabelMap, vectori
 
 
 def _materialize(ds) -> dict[str, np.ndarray]:
-    """A (small) preprocessed dataset as numpy arrays on the driver."""
+    """A (small) preprocessed dataset as numpy arrays on the driver, in source order when its
+    rows carry their places (``ROW``, an ordered read)."""
     parts: dict[str, list[np.ndarray]] = {}
     for batch in ds.iter_batches(batch_size=4096, batch_format="numpy"):
         for k, v in batch.items():
             parts.setdefault(k, []).append(np.asarray(v))
     if not parts:
         return {}
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    if ROW in arrays:
+        order = np.argsort(arrays.pop(ROW), kind="stable")
+        arrays = {k: v[order] for k, v in arrays.items()}
+    return arrays
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,11 +7,21 @@ import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from engine.config import DataSpec
-from engine.data import LabelMap, read_dataset, read_schema, resolve_columns, resolve_source
+from engine.data import (
+    ROW,
+    LabelMap,
+    in_source_order,
+    read_dataset,
+    read_schema,
+    resolve_columns,
+    resolve_source,
+    write_in_source_order,
+)
 from engine.stats import compute_stats
 
 
@@ -78,31 +88,38 @@ def test_csv_and_jsonl_read_alike(ray_local, tmp_path):
     assert ds.schema().names == ["text"] and ds.count() == 4
 
 
-def test_an_ordered_read_keeps_file_and_row_order_through_an_actor_pool(ray_local, tmp_path):
-    # the shape that came back out of order with Ray's second-generation Parquet reader under
-    # load: two files through a jittered actor pool
-    ids = np.random.default_rng(0).permutation(83)
-    pq.write_table(pa.table({"id": ids[:41]}), tmp_path / "a.parquet")
-    pq.write_table(pa.table({"id": ids[41:]}), tmp_path / "b.parquet")
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_order_is_a_property_of_the_rows_whatever_the_scheduler_does(ray_local, tmp_path, fmt):
+    # three files (one cut into row groups, so fragments split a file), then a full random
+    # shuffle: no scheduler can give a worse order than that
+    ids = np.random.default_rng(0).permutation(1_000)
+    cuts = [(0, 300), (300, 900), (900, 1000)]
+    for name, (lo, hi) in zip("abc", cuts):
+        table = pa.table({"id": ids[lo:hi], "x": ids[lo:hi] * 0.5})
+        if fmt == "parquet":
+            pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=70)
+        else:
+            pacsv.write_csv(table, tmp_path / f"{name}.csv")
+    source = resolve_source(str(tmp_path))
+    for seed in range(3):
+        ds = read_dataset(source, columns=["id"], ordered=True).random_shuffle(seed=seed)
+        rows = pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+        assert rows.column("id").to_pylist() != ids.tolist()  # the shuffle did reorder
+        assert rows.column_names == ["id", ROW]
+        assert in_source_order(rows).column("id").to_pylist() == ids.tolist()
+    out = tmp_path / "out"
+    ds = read_dataset(source, ordered=True).random_shuffle(seed=7)
+    assert write_in_source_order(ds, pafs.LocalFileSystem(), str(out)) == len(ids)
+    got = pq.read_table(out)
+    assert got.column_names == ["id", "x"]  # the place column is not written
+    assert got.column("id").to_pylist() == ids.tolist()
+    assert len(list(out.iterdir())) > 1  # several ranges, named so that they sort in order
 
-    class Jitter:
-        def __call__(self, batch):
-            import time
 
-            time.sleep(float(np.random.default_rng().random()) * 0.05)
-            return batch
-
-    import ray
-
-    for _ in range(6):
-        ds = read_dataset(resolve_source(str(tmp_path)), ordered=True)
-        ds = ds.map_batches(
-            Jitter, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1)
-        )
-        got = [v for b in ds.iter_batches(batch_format="pyarrow") for v in b["id"].to_pylist()]
-        assert got == ids.tolist()
-    assert not ray.data.DataContext.get_current().execution_options.preserve_order  # not leaked
-    assert ray.data.DataContext.get_current().use_datasource_v2  # restored
+def test_an_unordered_read_has_no_place_column(ray_local, tmp_path):
+    pq.write_table(pa.table({"id": [1, 2, 3]}), tmp_path / "a.parquet")
+    ds = read_dataset(resolve_source(str(tmp_path)))
+    assert ds.schema().names == ["id"]
 
 
 # --------------------------------------------------------------------------------------------
