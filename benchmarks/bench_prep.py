@@ -98,7 +98,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -117,10 +116,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+from common import machine, parse_rows, rows_label, update_section
 
 from engine.config import DataSpec, ResampleSpec, SplitSpec
 from engine.data import LabelMap, label_kind, read_schema, resolve_columns, resolve_source
-from engine.io import write_bytes_atomic
 from engine.split import MANIFEST, SPLITS, row_keys, split_counts
 from engine.strategy import describe, resolve_targets
 
@@ -148,28 +147,6 @@ MEMORY_GOAL = 1.3  # peak RSS at more rows within this factor of the peak at few
 
 # --------------------------------------------------------------------------------------------
 # arguments
-
-
-def parse_rows(text: str) -> int:
-    """'20M', '100m', '1e6', '500k', '3_000_000' -> an int > 0."""
-    s = text.strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}.get(s[-1:], 1)
-    if mult != 1:
-        s = s[:-1]
-    try:
-        value = float(s) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--rows {text!r}: use e.g. 20M, 1e6 or 500k") from None
-    if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"--rows {text!r} must be a whole number of rows >= 1")
-    return int(value)
-
-
-def rows_label(rows: int) -> str:
-    for unit, mult in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
-        if rows % mult == 0:
-            return f"{rows // mult}{unit}"
-    return str(rows)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -847,20 +824,10 @@ def resample_goals(steps: list[Step], stored: dict[int, dict[str, tuple[float, f
     return lines
 
 
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    mem = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    total = re.search(r"^MemTotal:\s*(\d+) kB", mem, re.M)
+def host() -> str:
     import ray
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ram = f"{int(total.group(1)) / 2**20:.1f} GiB RAM" if total else "RAM unknown"
-    cpu = model.group(1).strip() if model else platform.processor() or "CPU model unknown"
-    return (
-        f"{cpus} CPUs (nproc), {ram}, {cpu}; Python {platform.python_version()}, "
-        f"ray {ray.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}"
-    )
+    return machine({"ray": ray.__version__, "pyarrow": pa.__version__, "numpy": np.__version__})
 
 
 def section_intro() -> str:
@@ -879,39 +846,13 @@ def section_intro() -> str:
 
 
 def update_results(path: Path, heading: str, body: str) -> None:
-    """Put ``body`` under ``heading`` (``### <rows> rows...``) in the section, keeping everything
-    else."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        before, after, subs = lines, [], {}
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if re.match(r"^#{1,2} ", lines[i])),
-            len(lines),
-        )
-        before, after = lines[:start], lines[end:]
-        subs, current = {}, None
-        for line in lines[start + 1 : end]:
-            if line.startswith("### "):
-                current = line
-                subs[current] = []
-            elif current is not None:
-                subs[current].append(line)
-        subs = {h: "\n".join(b).strip() for h, b in subs.items()}
-    subs[heading] = body.strip()
+    """Put ``body`` under ``heading`` (``### <rows> rows...``) in the section."""
 
     def order(h: str) -> tuple[int, str]:
         m = re.match(r"### ([\d,]+) rows", h)
         return (int(m.group(1).replace(",", "")) if m else sys.maxsize, h)
 
-    parts = ["\n".join(before).rstrip(), section_intro().rstrip()]
-    parts += [f"{h}\n\n{subs[h]}" for h in sorted(subs, key=order)]
-    if after:
-        parts.append("\n".join(after).strip())
-    out = "\n\n".join(p for p in parts if p) + "\n"
-    write_bytes_atomic(path, out.encode())
+    update_section(path, SECTION, section_intro(), heading, body, order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1008,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(argv)
     head = [
-        f"- Machine: {machine()}",
+        f"- Machine: {host()}",
         f"- Command: `{cmd}`",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Data: {rows:,} rows in {len(files)} Parquet file{'s' * (len(files) > 1)}, "

@@ -41,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import resource
 import shlex
@@ -54,26 +53,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine, parse_rows, update_section
 
 SECTION = "## SMOTE (bench_smote.py)"
 SEGMENT_ROWS = 1000  # synthetic rows checked to lie on their segment
 KNN_SEEDS = 50  # seeds whose neighbour is checked against a brute-force kNN
 HOPELESS = 3.0  # skip a run predicted to take more than this many timeouts
-
-
-def parse_rows(text: str) -> int:
-    """'1e5', '100k', '1M' -> an int > 0."""
-    s = text.strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 10**3, "m": 10**6}.get(s[-1:], 1)
-    if mult != 1:
-        s = s[:-1]
-    try:
-        value = float(s) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use e.g. 1e5, 100k or 1M") from None
-    if value < 2 or value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 2")
-    return int(value)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -335,49 +320,16 @@ def goals(runs: list[Run], args: argparse.Namespace) -> list[str]:
     return out
 
 
-def machine() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    mem = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    total = re.search(r"^MemTotal:\s*(\d+) kB", mem, re.M)
+def host() -> str:
     import imblearn
     import sklearn
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ram = f"{int(total.group(1)) / 2**20:.1f} GiB RAM" if total else "RAM unknown"
-    cpu = model.group(1).strip() if model else platform.processor() or "CPU model unknown"
-    return (
-        f"{cpus} CPUs (nproc), {ram}, {cpu}; Python {platform.python_version()}, numpy "
-        f"{np.__version__}, scikit-learn {sklearn.__version__}, imbalanced-learn "
-        f"{imblearn.__version__}"
-    )
+    versions = {"numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    return machine({**versions, "imbalanced-learn": imblearn.__version__})
 
 
 def update_results(path: Path, heading: str, body: str) -> None:
     """Put ``body`` under ``heading`` in the section, keeping everything else."""
-    from engine.io import write_bytes_atomic
-
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    subs: dict[str, str] = {}
-    if start is None:
-        before, after = lines, []
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if re.match(r"^#{1,2} ", lines[i])),
-            len(lines),
-        )
-        before, after = lines[:start], lines[end:]
-        current, acc = None, {}
-        for line in lines[start + 1 : end]:
-            if line.startswith("### "):
-                current = line
-                acc[current] = []
-            elif current is not None:
-                acc[current].append(line)
-        subs = {h: "\n".join(b).strip() for h, b in acc.items()}
-    subs[heading] = body.strip()
     intro = (
         f"{SECTION}\n\n"
         "`engine.smote.smote` against imbalanced-learn's `SMOTE.fit_resample` on one minority "
@@ -385,12 +337,7 @@ def update_results(path: Path, heading: str, body: str) -> None:
         "a fresh process, only the call timed. Speed = t_imblearn / t_engine. See "
         "`benchmarks/bench_smote.py`.\n"
     )
-    parts = ["\n".join(before).rstrip(), intro.rstrip()]
-    parts += [f"{h}\n\n{subs[h]}" for h in sorted(subs)]
-    if after:
-        parts.append("\n".join(after).strip())
-    out = "\n\n".join(p for p in parts if p) + "\n"
-    write_bytes_atomic(path, out.encode())
+    update_section(path, SECTION, intro, heading, body)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(argv)
         body = "\n".join(
             [
-                f"- Machine: {machine()}",
+                f"- Machine: {host()}",
                 f"- Command: `{cmd}`",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 f"- Data: minority n rows × {args.dims} float32 features ~ N(0, 1), majority 2n "

@@ -73,7 +73,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -93,6 +92,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
+from common import machine, parse_rows, update_section  # noqa: E402
 
 SECTION = "## Training throughput (bench_train.py)"
 SAMPLER_HEADING = "### Sampler cost per batch"
@@ -144,21 +144,6 @@ SAMPLERS = {
 
 # --------------------------------------------------------------------------------------------
 # arguments
-
-
-def parse_rows(text: str) -> int:
-    """'1M', '500k', '1e6', '3_000' -> an int > 0."""
-    s = text.strip().lower().replace("_", "").replace(",", "")
-    mult = {"k": 10**3, "m": 10**6, "g": 10**9}.get(s[-1:], 1)
-    if mult != 1:
-        s = s[:-1]
-    try:
-        value = float(s) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use e.g. 1M, 1e6 or 500k") from None
-    if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
-    return int(value)
 
 
 def parse_workers(text: str) -> list[int]:
@@ -299,17 +284,16 @@ class TrainData:
 
 def load_train_data(spec) -> TrainData:
     """The train split as the engine's ``fit`` turns it into model inputs (its Ray Data stage)."""
-    from engine.data import LabelMap, read_dataset, read_schema, resolve_columns
-    from engine.io import join, read_json
-    from engine.split import read_manifest
-    from engine.train import _class_weights, _materialize, preprocess, train_source
+    from engine.data import read_dataset, read_schema, resolve_columns
+    from engine.rundir import RunDir
+    from engine.train import _class_weights, materialize, preprocess, train_source
 
-    run_dir = os.path.abspath(spec.run_dir)
-    manifest = read_manifest(join(run_dir, "splits"))
-    label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
-    source, counts = train_source(run_dir, label_map.keys, manifest)
+    run = RunDir(os.path.abspath(spec.run_dir))
+    manifest = run.require_splits()
+    label_map = run.label_map()
+    source, counts = train_source(run, label_map.keys)
     cols = resolve_columns(read_schema(source), spec.data, where=source.files[0])
-    arrays = _materialize(preprocess(read_dataset(source), cols, spec.model, label_map))
+    arrays = materialize(preprocess(read_dataset(source), cols, spec.model, label_map))
     input_dim = int(arrays["features"].shape[1]) if spec.model.kind == "mlp" else None
     weights = _class_weights(spec.loss, spec.stats, counts, label_map.keys)
     return TrainData(arrays, counts, label_map, input_dim, weights, dict(manifest["rows"]))
@@ -718,21 +702,12 @@ def train_table(runs: list[Run], plain: Run | None) -> str:
     return "\n".join(lines)
 
 
-def machine(device: torch.device) -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    mem = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
-    total = re.search(r"^MemTotal:\s*(\d+) kB", mem, re.M)
+def host(device: torch.device) -> str:
     import ray
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ram = f"{int(total.group(1)) / 2**20:.1f} GiB RAM" if total else "RAM unknown"
-    cpu = model.group(1).strip() if model else platform.processor() or "CPU model unknown"
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ", no GPU"
-    return (
-        f"{cpus} CPUs (nproc), {ram}, {cpu}{gpu}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, ray {ray.__version__}, numpy {np.__version__}"
-    )
+    versions = {"torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__}
+    return machine(versions, gpu)
 
 
 def section_intro() -> str:
@@ -753,30 +728,6 @@ def section_intro() -> str:
 
 def update_results(path: Path, heading: str, body: str) -> None:
     """Put ``body`` under ``heading`` (a ``### `` line) in the section, keeping everything else."""
-    from engine.io import write_bytes_atomic
-
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    subs: dict[str, str] = {}
-    if start is None:
-        before, after = lines, []
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if re.match(r"^#{1,2} ", lines[i])),
-            len(lines),
-        )
-        before, after = lines[:start], lines[end:]
-        current = None
-        parts: dict[str, list[str]] = {}
-        for line in lines[start + 1 : end]:
-            if line.startswith("### "):
-                current = line.strip()
-                parts[current] = []
-            elif current is not None:
-                parts[current].append(line)
-        subs = {h: "\n".join(b).strip() for h, b in parts.items()}
-    subs[heading] = body.strip()
 
     def order(h: str) -> tuple[int, str]:
         if h == SAMPLER_HEADING:
@@ -785,12 +736,7 @@ def update_results(path: Path, heading: str, body: str) -> None:
         names = list(MODELS)
         return (names.index(m.group(1)) if m and m.group(1) in names else len(MODELS) - 1, h)
 
-    out_parts = ["\n".join(before).rstrip(), section_intro().rstrip()]
-    out_parts += [f"{h}\n\n{subs[h]}" for h in sorted(subs, key=order)]
-    if after:
-        out_parts.append("\n".join(after).strip())
-    out = "\n\n".join(p for p in out_parts if p) + "\n"
-    write_bytes_atomic(path, out.encode())
+    update_section(path, SECTION, section_intro(), heading, body, order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -907,7 +853,7 @@ def run_training(args: argparse.Namespace, device: torch.device) -> tuple[str, s
     cmd = shlex.join(["python", *sys.argv])
     body = "\n".join(
         [
-            f"- Machine: {machine(device)}",
+            f"- Machine: {host(device)}",
             f"- Command: `{cmd}`",
             f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
             f"- Model: {choice.what}; {n_params:,} parameters; loss `{spec.loss.name}`, AdamW "
@@ -950,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         body = "\n".join(
             [
-                f"- Machine: {machine(device)}",
+                f"- Machine: {host(device)}",
                 f"- Command: `{shlex.join(['python', *sys.argv])}`",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 f"- Labels: {desc}",

@@ -12,11 +12,44 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+# Names declared once: the loss registry (engine.losses.LOSSES) and the validation metrics that
+# training keeps its best epoch by and the search ranks trials by.
+LOSS_NAMES = (
+    "ce",
+    "weighted_ce",
+    "focal",
+    "class_balanced",
+    "logit_adjusted",
+    "balanced_softmax",
+    "ldam",
+)
+SMOTE_METHODS = ("smote", "borderline1", "borderline2", "adasyn")  # they make synthetic rows
+RESAMPLE_METHODS = ("none", "random_over", "random_under", "combined", *SMOTE_METHODS)
+
+# The spec sections each pipeline stage depends on (besides the stage before it), and the
+# sections that make the splits: a run folder belongs to one run of these.
+STAGE_SECTIONS = {
+    "prepare": ("data", "stats", "split", "resample", "embed"),
+    "baseline": ("model", "train"),
+    "tune": ("model", "loss", "sampler", "train", "tune"),
+    "ensemble": ("ensemble", "thresholds"),
+    "report": (),
+}
+SPLIT_SECTIONS = ("data", "stats", "split")
+VAL_METRICS = (
+    "val_macro_f1",
+    "val_balanced_accuracy",
+    "val_macro_pr_auc",
+    "val_minority_recall",
+    "val_loss",
+)
 
 # --------------------------------------------------------------------------------------------
 # errors
@@ -136,16 +169,7 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class ResampleSpec:
-    method: Literal[
-        "none",
-        "random_over",
-        "random_under",
-        "combined",
-        "smote",
-        "borderline1",
-        "borderline2",
-        "adasyn",
-    ] = "none"
+    method: Literal[RESAMPLE_METHODS] = "none"
     sampling_strategy: Any = "auto"
     k_neighbors: int = 5
     seed: int = 0
@@ -262,15 +286,7 @@ class LossSpec:
     ``scale`` and re-weighs from ``drw_epoch`` on (default: 80 % of the epochs).
     """
 
-    name: Literal[
-        "ce",
-        "weighted_ce",
-        "focal",
-        "class_balanced",
-        "logit_adjusted",
-        "balanced_softmax",
-        "ldam",
-    ] = "ce"
+    name: Literal[LOSS_NAMES] = "ce"
     gamma: float = 2.0
     beta: float = 0.999
     tau: float = 1.0
@@ -330,13 +346,7 @@ class TrainSpec:
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     eval_batch_size: int = 128
-    metric: Literal[
-        "val_macro_f1",
-        "val_balanced_accuracy",
-        "val_macro_pr_auc",
-        "val_minority_recall",
-        "val_loss",
-    ] = "val_macro_f1"
+    metric: Literal[VAL_METRICS] = "val_macro_f1"
     max_failures: int = 1
     cpus_per_worker: float | None = None
     precision_floor: float = 0.5
@@ -384,14 +394,11 @@ class TuneSpec:
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
-        metrics = (
-            "val_macro_f1",
-            "val_balanced_accuracy",
-            "val_macro_pr_auc",
-            "val_minority_recall",
-            "val_loss",
+        _require(
+            self.metric in VAL_METRICS,
+            "metric",
+            f"must be one of {VAL_METRICS}, got {self.metric!r}",
         )
-        _require(self.metric in metrics, "metric", f"must be one of {metrics}, got {self.metric!r}")
         _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         _require(self.grace_period >= 1, "grace_period", f"must be >= 1, got {self.grace_period}")
         if self.max_concurrent_trials is not None:
@@ -400,8 +407,6 @@ class TuneSpec:
                 "max_concurrent_trials",
                 f"must be >= 1 or null (derived), got {self.max_concurrent_trials}",
             )
-        from engine.tune import parse_search_space  # the grammar lives with the search
-
         parse_search_space(self.search_space, tpe=self.scheduler == "tpe")
 
 
@@ -620,3 +625,161 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 
 def dump_spec(spec: JobSpec) -> str:
     return yaml.safe_dump(spec_to_dict(spec), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# the search-space grammar (``tune.search_space``; the search itself is ``engine.tune``)
+
+FORMS = ("choice", "grid", "uniform", "loguniform", "randint")
+SEARCH_SECTIONS: dict[str, type] = {
+    "loss": LossSpec,
+    "sampler": SamplerSpec,
+    "train": TrainSpec,
+    "model": ModelSpec,
+    "resample": ResampleSpec,
+}
+WEIGHT_POWER = "loss.weight_power"
+NOT_SEARCHABLE = {
+    "train.epochs": "it is ASHA's budget (max_t); set train.epochs outside the search",
+    "train.num_workers": "it sizes the trials; set train.num_workers outside the search",
+    "train.use_gpu": "it sizes the trials; set train.use_gpu outside the search",
+    "train.cpus_per_worker": "it sizes the trials; set train.cpus_per_worker outside the search",
+    "train.metric": "trials keep their best epoch by tune.metric",
+    "train.precision_floor": "it defines the val_minority_recall metric; set it outside the search",
+}
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One knob's distribution: ``form`` in FORMS or ``fixed``; ``args`` its values/bounds."""
+
+    form: str
+    args: tuple[Any, ...]
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def search_space_error(key: str, reason: str) -> SpecError:
+    return SpecError(f"search_space.{key}", reason)
+
+
+def _check_key(key: str) -> None:
+    if key == WEIGHT_POWER:
+        return
+    if key in NOT_SEARCHABLE:
+        raise search_space_error(key, f"not searchable: {NOT_SEARCHABLE[key]}")
+    section, dot, name = key.partition(".")
+    if not dot or "." in name or section not in SEARCH_SECTIONS:
+        raise search_space_error(
+            key,
+            f"unknown key; use <section>.<field> with a section in {list(SEARCH_SECTIONS)}, or "
+            f"{WEIGHT_POWER}",
+        )
+    names = [f.name for f in dataclasses.fields(SEARCH_SECTIONS[section])]
+    if name not in names:
+        raise search_space_error(
+            key, f"unknown key; {SEARCH_SECTIONS[section].__name__} has: {', '.join(names)}"
+        )
+
+
+def _check_value(key: str, value: Any) -> None:
+    """Check ``value`` as the value of ``key`` by building its section with it."""
+    if key == WEIGHT_POWER:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise search_space_error(
+                key, f"the class-weight exponent must be a number >= 0, got {value!r}"
+            )
+        return
+    section, _, name = key.partition(".")
+    try:
+        build_section(SEARCH_SECTIONS[section], {name: value})
+    except SpecError as e:
+        hint = ""
+        if isinstance(value, dict) and len(value) == 1:
+            hint = f" (a distribution is one of {{{'|'.join(FORMS)}: [...]}})"
+        raise search_space_error(key, f"{e.reason}{hint}") from None
+
+
+def parse_dist(key: str, value: Any) -> Dist | None:
+    """One search-space entry -> its ``Dist`` (None: drop the default knob)."""
+    _check_key(key)
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in FORMS):
+        _check_value(key, value)
+        return Dist("fixed", (value,))
+    form, args = next(iter(value.items()))
+    if not isinstance(args, list) or not args:
+        raise search_space_error(key, f"{form} takes a non-empty list, got {args!r}")
+    if form in ("choice", "grid"):
+        for v in args:
+            _check_value(key, v)
+        return Dist(form, tuple(args))
+    if len(args) != 2 or not all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
+    ):
+        raise search_space_error(key, f"{form} takes [low, high] (two numbers), got {args!r}")
+    lo, hi = args
+    if form == "randint":
+        if not all(isinstance(a, int) for a in args) or hi <= lo:
+            raise search_space_error(
+                key, f"randint takes integers [low, high) with low < high, got {args}"
+            )
+        _check_value(key, lo)
+        _check_value(key, hi - 1)
+        return Dist(form, (lo, hi))
+    if not lo < hi:
+        raise search_space_error(key, f"{form} needs low < high, got {args}")
+    if form == "loguniform" and lo <= 0:
+        raise search_space_error(key, f"loguniform needs 0 < low, got {args}")
+    _check_value(key, float(lo))
+    _check_value(key, float(hi))
+    return Dist(form, (float(lo), float(hi)))
+
+
+def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys as they are; a bare section name holding a mapping is flattened one level."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if "." not in key and key in SEARCH_SECTIONS and isinstance(value, dict):
+            for name, v in value.items():
+                flat[f"{key}.{name}"] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_search_space(raw: Mapping[str, Any] | None, *, tpe: bool = False) -> dict[str, Any]:
+    """``tune.search_space`` -> {dotted key: Dist or None}. Raises ``SpecError`` naming the key."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError("search_space", f"must be a mapping of dotted keys, got {raw!r}")
+    space = {key: parse_dist(key, value) for key, value in _flatten(raw).items()}
+    if tpe:
+        grids = [k for k, d in space.items() if d is not None and d.form == "grid"]
+        if grids:
+            raise search_space_error(
+                grids[0], "grid is not supported with scheduler tpe; use choice"
+            )
+    return space
+
+
+# --------------------------------------------------------------------------------------------
+# rules across sections
+
+
+def needs_embedding(spec: JobSpec) -> bool:
+    """Text must become a feature column: for an MLP head or for SMOTE-family resampling."""
+    wants_features = spec.model.kind == "mlp" or spec.resample.method in SMOTE_METHODS
+    return bool(spec.data.text) and not spec.data.features and wants_features
+
+
+def model_data(spec: JobSpec) -> DataSpec:
+    """The data spec of the model inputs: the embedding column when the text was embedded."""
+    if needs_embedding(spec):
+        return replace(spec.data, features=[spec.embed.column], text=None)
+    return spec.data

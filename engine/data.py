@@ -39,6 +39,7 @@ FORMATS = {
     ".ndjson": "jsonl",
 }
 BATCH_ROWS = 1 << 18
+LABEL_MAP_JSON = "label_map.json"  # beside every artifact that predicts labels
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,11 +448,18 @@ def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordere
     return ds.select_columns(cols) if cols is not None else ds
 
 
-def _read_positioned(source: Source, columns: list[str] | None):
+def ordered_fragments(source: Source) -> list[Fragment]:
+    """The fragments of an ordered read, in source order (two per cluster CPU at most)."""
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    frags = fragments(source, target=2 * cpus)
+    return fragments(source, target=2 * cpus)
+
+
+def _read_positioned(source: Source, columns: list[str] | None):
+    import ray
+
+    frags = ordered_fragments(source)
     schema = read_schema(source) if source.format != "parquet" else None
     items = ray.data.from_items(
         [{"fragment": i} for i in range(len(frags))], override_num_blocks=len(frags)
@@ -486,15 +494,18 @@ def in_source_order(table: pa.Table) -> pa.Table:
     return table.sort_by(ROW).drop_columns([ROW])
 
 
-def write_in_source_order(ds, fs: pafs.FileSystem, folder: str) -> int:
-    """Write the rows of an ``ordered`` read as Parquet files under ``folder`` (created) whose
-    names sort in source order (``part-<first row's place>.parquet``); returns the row count.
+def write_in_source_order(ds, fs: pafs.FileSystem, folder: str, source: Source) -> int:
+    """Write the rows of an ``ordered`` read of ``source`` as Parquet files under ``folder``
+    (created) whose names sort in source order (``part-<first row's place>.parquet``); returns
+    the row count.
 
-    A distributed sort by ``ROW`` cuts the rows into contiguous ranges; each range is written
-    under its first place, so neither the scheduler nor retries can reorder the output.
+    A distributed sort by ``ROW``, cut at the first place of every fragment, gives one
+    contiguous range per fragment; each is written under its first place, so neither the
+    scheduler nor retries can reorder the output, and a rerun writes the same names.
     """
     fs.create_dir(folder, recursive=True)
-    written = ds.sort(ROW).map_batches(
+    cuts = [i << ROW_BITS for i in range(1, len(ordered_fragments(source)))]
+    written = ds.sort(ROW, boundaries=cuts or None).map_batches(
         _write_range,
         fn_kwargs={"fs": fs, "folder": folder},
         batch_size=None,

@@ -139,7 +139,7 @@ def vectors_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
 
 
-class _Encoder:
+class Encoder:
     """The actor of the pool: tokenizer + encoder loaded once, applied to Arrow batches."""
 
     def __init__(self, spec: dict[str, Any], text: str, threads: int, device: str) -> None:
@@ -299,7 +299,7 @@ def _embed(ds, text: str, spec: EmbedSpec, *, check_nulls: bool):
             raise ValueError(_null_message(text, nulls, rows, "its"))
     plan = plan_pool(spec)
     return ds.map_batches(
-        _Encoder,
+        Encoder,
         fn_constructor_kwargs={
             "spec": _spec_dict(spec),
             "text": text,
@@ -377,7 +377,7 @@ def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> Emb
         # in the split: the files hold the rows in the split's order, so that training on them
         # is the same from run to run.
         ds = _embed(read_dataset(source, ordered=True), text, spec, check_nulls=False)
-        write_in_source_order(ds, fs, tmp)
+        write_in_source_order(ds, fs, tmp, source)
         written = _count_rows(fs, tmp)
         if written != rows:
             raise RuntimeError(
@@ -427,3 +427,6 @@ def _count_rows(fs, folder: str) -> int:
         for i in infos
         if i.is_file and i.path.endswith(".parquet")
     )
+
+
+_Encoder = Encoder  # the earlier name

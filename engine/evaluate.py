@@ -18,9 +18,9 @@ import torch
 
 from engine.config import JobSpec
 from engine.data import read_dataset, read_schema, resolve_columns, resolve_source
-from engine.io import join, read_json
 from engine.metrics import classification_metrics
 from engine.models import load_model, logits_of
+from engine.rundir import RunDir
 
 
 def tail_classes(train_counts: dict[str, int], fraction: float = 1 / 3) -> list[str]:
@@ -49,21 +49,20 @@ def predict_proba(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_s
 def evaluate_split(spec: JobSpec, model_dir: str, split: str = "test") -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on the run's ``<split>`` (embedded when the run
     embeds its text), by label key."""
-    from engine.prepare import split_dir
-    from engine.train import _materialize, input_data, preprocess
+    from engine.train import input_data, materialize, preprocess
 
-    run_dir = spec.run_dir
+    run = RunDir(spec.run_dir)
     model, label_map = load_model(model_dir)
-    source = resolve_source(split_dir(run_dir, split))
+    source = resolve_source(run.model_split(split))
     cols = resolve_columns(read_schema(source), input_data(spec), where=source.files[0])
     vectorizer = getattr(model, "vectorizer", None)  # a lexical model featurizes with its own
     ds = preprocess(read_dataset(source), cols, spec.model, label_map, vectorizer)
-    arrays = _materialize(ds)
+    arrays = materialize(ds)
     m = classification_metrics(arrays["label"], predict_proba(model, arrays))
     keys = label_map.keys
     m["per_class"] = {keys[c]: v for c, v in m["per_class"].items()}
     m["absent"] = [keys[c] for c in m["absent"]]
-    train_counts = read_json(join(run_dir, "splits", "_manifest.json"))["counts"]["train"]
+    train_counts = run.require_splits()["counts"]["train"]
     tail = tail_classes(train_counts)
     recalls = [m["per_class"][k]["recall"] for k in tail if m["per_class"][k]["support"] > 0]
     m["tail"] = tail

@@ -176,6 +176,23 @@ def _check_labels(name: str, y: np.ndarray, n: int, k: int) -> np.ndarray:
     return y
 
 
+def _checked_inputs(y_true, proba, y_pred, labels):
+    """(proba as float64 (N, K), y_true, y_pred (argmax by default), K keys); raises naming
+    the argument at fault."""
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2:
+        raise ValueError(f"proba has shape {proba.shape}; pass (N, K) class probabilities")
+    n, k = proba.shape
+    if k == 0:
+        raise ValueError("proba has 0 columns; pass one column per class")
+    y_true = _check_labels("y_true", y_true, n, k)
+    y_pred = proba.argmax(axis=1) if y_pred is None else _check_labels("y_pred", y_pred, n, k)
+    keys: list[Any] = list(range(k)) if labels is None else list(labels)
+    if len(keys) != k:
+        raise ValueError(f"{len(keys)} labels for {k} columns of proba; pass one per class")
+    return proba, y_true, y_pred, keys
+
+
 def classification_metrics(
     y_true: np.ndarray,
     proba: np.ndarray,
@@ -195,21 +212,8 @@ def classification_metrics(
         macro_roc_auc, ece, log_loss, per_class {key: precision, recall, f1, support, pr_auc,
         roc_auc}, absent (keys of classes with no rows), warnings (strings).
     """
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2:
-        raise ValueError(f"proba has shape {proba.shape}; pass (N, K) class probabilities")
+    proba, y_true, y_pred, keys = _checked_inputs(y_true, proba, y_pred, labels)
     n, k = proba.shape
-    if k == 0:
-        raise ValueError("proba has 0 columns; pass one column per class")
-    y_true = _check_labels("y_true", y_true, n, k)
-    y_pred = proba.argmax(axis=1) if y_pred is None else _check_labels("y_pred", y_pred, n, k)
-    if labels is None:
-        keys: list[Any] = list(range(k))
-    else:
-        keys = list(labels)
-        if len(keys) != k:
-            raise ValueError(f"{len(keys)} labels for {k} columns of proba; pass one per class")
-
     warnings: list[str] = []
     if not np.all(np.isfinite(proba)):
         warnings.append("proba has NaN or infinite values: ranking and calibration are unreliable")

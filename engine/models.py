@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelSpec
-from engine.data import LabelMap
+from engine.data import LABEL_MAP_JSON, LabelMap
 
 MLP_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -220,7 +220,7 @@ def save_model(model: nn.Module, folder: str, label_map: LabelMap, tokenizer=Non
         model.save_pretrained(folder, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
-    with open(os.path.join(folder, "label_map.json"), "w") as f:
+    with open(os.path.join(folder, LABEL_MAP_JSON), "w") as f:
         json.dump(label_map.to_json(), f, indent=2)
 
 
@@ -229,7 +229,7 @@ def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
     when the folder holds one)."""
     from safetensors.torch import load_file
 
-    with open(os.path.join(folder, "label_map.json")) as f:
+    with open(os.path.join(folder, LABEL_MAP_JSON)) as f:
         label_map = LabelMap.from_json(json.load(f))
     with open(os.path.join(folder, MLP_CONFIG)) as f:
         config = json.load(f)
@@ -272,3 +272,30 @@ def feature_matrix(
         v = batch[vector]
         return np.stack(v).astype(np.float32) if v.dtype == object else v.astype(np.float32)
     return np.stack([batch[c] for c in columns], axis=1).astype(np.float32)
+
+
+def tokenize(batch: dict[str, np.ndarray], text: str, path: str, max_length: int) -> dict:
+    """A batch's ``text`` column as padded ``input_ids`` (int32) and ``attention_mask``
+    (int8), by the tokenizer of the model at ``path`` (cached per process)."""
+    tok = _tokenizer(path)
+    enc = tok(
+        [str(t) for t in batch[text]],
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="np",
+    )
+    return {
+        "input_ids": enc["input_ids"].astype(np.int32),
+        "attention_mask": enc["attention_mask"].astype(np.int8),
+    }
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(path: str):
+    """One tokenizer per Ray worker process, loaded on first use."""
+    if path not in _TOKENIZERS:
+        _TOKENIZERS[path] = load_tokenizer(ModelSpec(path=path))
+    return _TOKENIZERS[path]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -41,24 +40,19 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import JobSpec, LossSpec, SamplerSpec
+from engine import rundir
+from engine.config import STAGE_SECTIONS, JobSpec, LossSpec, SamplerSpec, needs_embedding
 from engine.io import json_digest, local_dir, read_json, write_bytes_atomic, write_json_atomic
+from engine.rundir import RunDir
 
 log = logging.getLogger("raybalance")
 
-STAGES = ("prepare", "baseline", "tune", "ensemble", "report")
+STAGES = tuple(STAGE_SECTIONS)  # prepare, baseline, tune, ensemble, report
 TRAINED = ("baseline", "tune")  # redone only with overwrite
-STATE = "pipeline.json"
-SCORES = "scores.safetensors"
-BASELINE_DIR = "baseline"
-# the spec sections each stage depends on (besides the stage before it)
-SECTIONS = {
-    "prepare": ("data", "stats", "split", "resample", "embed"),
-    "baseline": ("model", "train"),
-    "tune": ("model", "loss", "sampler", "train", "tune"),
-    "ensemble": ("ensemble", "thresholds"),
-    "report": (),
-}
+SECTIONS = STAGE_SECTIONS  # the spec sections each stage depends on (besides the stage before)
+STATE = rundir.PIPELINE
+SCORES = rundir.SCORES
+BASELINE_DIR = rundir.BASELINE
 
 
 @dataclass
@@ -74,13 +68,7 @@ def prepared_digest(run_dir: str) -> str:
     """A digest of what ``prepare`` made: its completion records, which carry the digests of
     the input files and specs each step was made from (new data changes it)."""
     parts = []
-    for rel in (
-        os.path.join("splits", "_manifest.json"),
-        os.path.join("embedded", "_complete.json"),
-        os.path.join("resampled", "_resample.json"),
-        "label_map.json",
-    ):
-        path = os.path.join(run_dir, rel)
+    for rel, path in RunDir(run_dir).prepared_records():
         parts.append([rel, read_json(path) if os.path.exists(path) else None])
     return json_digest(parts)
 
@@ -104,18 +92,15 @@ def baseline_spec(spec: JobSpec) -> JobSpec:
 # stages
 
 
-def _baseline(spec: JobSpec, run_dir: str) -> str:
-    from engine.data import LabelMap, resolve_source
-    from engine.prepare import split_dir
-    from engine.split import read_manifest
+def _baseline(spec: JobSpec, run: RunDir) -> str:
+    from engine.data import resolve_source
     from engine.train import fit
 
-    manifest = read_manifest(os.path.join(run_dir, "splits"))
-    keys = LabelMap.from_json(read_json(os.path.join(run_dir, "label_map.json"))).keys
-    counts = np.array([manifest["counts"]["train"][k] for k in keys])
-    plain = resolve_source(split_dir(run_dir, "train"))  # never the resampled split
-    out = os.path.join(run_dir, BASELINE_DIR)
-    result = fit(baseline_spec(spec), overwrite=True, out_dir=out, train_data=(plain, counts))
+    counts = run.class_counts("train", run.label_map().keys)
+    plain = resolve_source(run.model_split("train"))  # never the resampled split
+    result = fit(
+        baseline_spec(spec), overwrite=True, out_dir=run.baseline, train_data=(plain, counts)
+    )
     return result.best_dir
 
 
@@ -141,29 +126,14 @@ def load_scores(path: str) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def _ensemble(spec: JobSpec, run_dir: str) -> dict[str, Any]:
+def _members(spec: JobSpec, run: RunDir) -> list[Any]:
+    """The ``ensemble.top_k`` best trials with a model, as model references."""
     import pandas as pd
 
-    from engine.data import LabelMap
-    from engine.ensemble import (
-        CRITERIA,
-        combine,
-        fit_combination,
-        member_temperatures,
-        model_ref,
-        score_splits,
-        select_greedy,
-        select_members,
-        temperature_scale,
-        write_artifact,
-    )
-    from engine.prepare import needs_embedding, split_dir
-    from engine.thresholds import fit_thresholds
+    from engine.ensemble import model_ref, select_members
 
-    label_map = LabelMap.from_json(read_json(os.path.join(run_dir, "label_map.json")))
-    table = pd.read_parquet(os.path.join(run_dir, "tune", "results.parquet"))
     metric = spec.tune.metric
-    rows = select_members(table, spec.ensemble.top_k, metric)
+    rows = select_members(pd.read_parquet(run.tune_results), spec.ensemble.top_k, metric)
     if len(rows) < spec.ensemble.top_k:
         log.warning(
             "ensemble: %d trial(s) with a model, fewer than ensemble.top_k=%d",
@@ -183,44 +153,57 @@ def _ensemble(spec: JobSpec, run_dir: str) -> dict[str, Any]:
                 max_length=int(max_length) if _is_num(max_length) else spec.model.max_length,
             )
         )
-    baseline = model_ref(
-        spec,
-        "baseline",
-        os.path.join(run_dir, BASELINE_DIR, "best"),
-        source="baseline",
-        max_length=spec.model.max_length,
-    )
-    embed = spec.embed if needs_embedding(spec) else None
-    scores = score_splits(
-        [*members, baseline],
-        {s: split_dir(run_dir, s) for s in ("val", "test")},
-        spec,
-        label_map,
-        embed,
-    )
+    return members
+
+
+def _select(spec: JobSpec, members: list[Any], scores: dict[str, Any]) -> list[Any]:
+    """``ensemble.selection: greedy``: the members whose calibrated mean raises the val metric."""
+    from engine.ensemble import CRITERIA, member_temperatures, select_greedy, temperature_scale
+
+    if spec.ensemble.selection != "greedy" or len(members) < 2:
+        return members
     y_val = scores["val"].y
+    probas = [scores["val"].proba[m.name] for m in members]
+    if spec.ensemble.temperature:  # members are averaged after their own calibration
+        ts = member_temperatures(y_val, probas)
+        probas = [temperature_scale(p, t) for p, t in zip(probas, ts)]
+    keep = select_greedy(
+        y_val,
+        probas,
+        criterion=CRITERIA.get(spec.tune.metric, "nll"),
+        temperature=spec.ensemble.temperature,
+    )
+    return [members[i] for i in keep]
+
+
+def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
+    from engine.ensemble import combine, fit_combination, model_ref, score_splits, write_artifact
+    from engine.thresholds import fit_thresholds
+
+    metric = spec.tune.metric
+    label_map = run.label_map()
+    members = _members(spec, run)
+    baseline = model_ref(
+        spec, "baseline", run.join(rundir.BASELINE, "best"), source="baseline",
+        max_length=spec.model.max_length,
+    )  # fmt: skip
+    embed = spec.embed if needs_embedding(spec) else None
+    splits = {s: run.model_split(s) for s in ("val", "test")}
+    scores = score_splits([*members, baseline], splits, spec, label_map, embed)
     candidates = [
         {"name": m.name, "kind": m.kind, "source": m.source, metric: m.val_metric} for m in members
     ]
-    if spec.ensemble.selection == "greedy" and len(members) > 1:
-        probas = [scores["val"].proba[m.name] for m in members]
-        if spec.ensemble.temperature:  # members are averaged after their own calibration
-            ts = member_temperatures(y_val, probas)
-            probas = [temperature_scale(p, t) for p, t in zip(probas, ts)]
-        keep = select_greedy(
-            y_val,
-            probas,
-            criterion=CRITERIA.get(metric, "nll"),
-            temperature=spec.ensemble.temperature,
-        )
-        members = [members[i] for i in keep]
-    probas_val = [scores["val"].proba[m.name] for m in members]
+    members = _select(spec, members, scores)
+    y_val = scores["val"].y
     fitted = fit_combination(
-        y_val, probas_val, weights=spec.ensemble.weights, temperature=spec.ensemble.temperature
+        y_val,
+        [scores["val"].proba[m.name] for m in members],
+        weights=spec.ensemble.weights,
+        temperature=spec.ensemble.temperature,
     )
-    for split in ("val", "test"):
-        scores[split].proba["ensemble"] = combine(
-            [scores[split].proba[m.name] for m in members],
+    for s in splits:
+        scores[s].proba["ensemble"] = combine(
+            [scores[s].proba[m.name] for m in members],
             fitted.weights,
             fitted.temperature,
             fitted.member_temperatures,
@@ -239,17 +222,9 @@ def _ensemble(spec: JobSpec, run_dir: str) -> dict[str, Any]:
         "val_nll_mean": fitted.val_nll_mean,
         "val_nll": fitted.val_nll,
     }
-    write_artifact(
-        spec,
-        members,
-        fitted,
-        thresholds,
-        os.path.join(run_dir, "ensemble"),
-        label_map,
-        extra=info,
-    )
+    write_artifact(spec, members, fitted, thresholds, run.ensemble, label_map, extra=info)
     names = ["baseline", *(c["name"] for c in candidates), "ensemble"]
-    _save_scores(os.path.join(run_dir, SCORES), scores, names)
+    _save_scores(run.scores, scores, names)
     return info
 
 
@@ -262,91 +237,87 @@ def input_notes(run_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
     ``data.max_errored_blocks``, rows per class) and the report's note about it."""
     from engine.screen import dropped_warning
 
-    dropped = read_json(os.path.join(run_dir, "stats.json")).get("dropped")
+    dropped = read_json(RunDir(run_dir).stats).get("dropped")
     return dropped, [] if dropped is None else [f"input: {dropped_warning(dropped)}"]
 
 
-def _report(spec: JobSpec, run_dir: str) -> str:
+def _scored(split: dict[str, np.ndarray], info: dict[str, Any], thresholds) -> list[Any]:
+    """Baseline (argmax), best single tuned model (argmax), ensemble + thresholds on a split."""
+    from engine.report import Scored
+    from engine.thresholds import apply_thresholds
+
+    y, best = split["y"], info["members"][0]
+    return [
+        Scored("baseline", y, split["baseline"], split["baseline"].argmax(1), "plain CE baseline"),
+        Scored(
+            "best_single",
+            y,
+            split[best["name"]],
+            split[best["name"]].argmax(1),
+            f"best tuned model ({best['kind']}, {best['source']})",
+        ),
+        Scored(
+            "ensemble",
+            y,
+            split["ensemble"],
+            apply_thresholds(split["ensemble"], thresholds),
+            f"ensemble of {len(info['members'])} + thresholds",
+        ),
+    ]
+
+
+def _trial_notes(table) -> tuple[Any, list[str]]:
+    errors = table[table["status"] == "error"] if len(table) else table
+    notes = [
+        f"tune trial {r['trial_id']} failed after {r['attempts']} attempt(s): {r['error']}"
+        for _, r in errors.iterrows()
+    ]
+    return errors, notes
+
+
+def _report(spec: JobSpec, run: RunDir) -> str:
     import pandas as pd
 
-    from engine.data import LabelMap
     from engine.evaluate import tail_classes
-    from engine.report import ReportInput, Scored, write_report
-    from engine.split import read_manifest
-    from engine.thresholds import Thresholds, apply_thresholds
+    from engine.report import ReportInput, write_report
+    from engine.thresholds import Thresholds
 
-    label_map = LabelMap.from_json(read_json(os.path.join(run_dir, "label_map.json")))
-    keys = label_map.keys
-    manifest = read_manifest(os.path.join(run_dir, "splits"))
-    scores = load_scores(os.path.join(run_dir, SCORES))
-    art = read_json(os.path.join(run_dir, "ensemble", "manifest.json"))
-    thresholds = Thresholds.from_json(
-        read_json(os.path.join(run_dir, "ensemble", "thresholds.json"))
-    )
-    train_counts = {k: int(manifest["counts"]["train"][k]) for k in keys}
+    keys = run.label_map().keys
+    scores = load_scores(run.scores)
+    info = read_json(run.join(rundir.ENSEMBLE, "manifest.json"))["extra"]
+    thresholds = Thresholds.from_json(read_json(run.join(rundir.ENSEMBLE, "thresholds.json")))
+    train_counts = dict(zip(keys, run.class_counts("train", keys).tolist()))
     distributions = {"train": train_counts}
-    resampled = os.path.join(run_dir, "resampled", "stats.json")
-    if os.path.exists(resampled):
-        counts = read_json(resampled)["counts"]
-        distributions["train, resampled"] = {k: int(counts.get(k, 0)) for k in keys}
-    table = pd.read_parquet(os.path.join(run_dir, "tune", "results.parquet"))
-    info = art["extra"]
-    best = info["members"][0]
-
-    def scored(split: str) -> list[Scored]:
-        s = scores[split]
-        y = s["y"]
-        return [
-            Scored("baseline", y, s["baseline"], s["baseline"].argmax(1), "plain CE baseline"),
-            Scored(
-                "best_single",
-                y,
-                s[best["name"]],
-                s[best["name"]].argmax(1),
-                f"best tuned model ({best['kind']}, {best['source']})",
-            ),
-            Scored(
-                "ensemble",
-                y,
-                s["ensemble"],
-                apply_thresholds(s["ensemble"], thresholds),
-                f"ensemble of {len(info['members'])} + thresholds",
-            ),
-        ]
-
-    dropped, notes = input_notes(run_dir)
-    errors = table[table["status"] == "error"] if len(table) else table
-    for _, r in errors.iterrows():
-        notes.append(
-            f"tune trial {r['trial_id']} failed after {r['attempts']} attempt(s): {r['error']}"
-        )
+    resampled = run.resampled_counts(keys)
+    if resampled is not None:
+        distributions["train, resampled"] = dict(zip(keys, resampled.tolist()))
+    table = pd.read_parquet(run.tune_results)
+    dropped, notes = input_notes(run.path)
+    errors, trial_notes = _trial_notes(table)
     threshold_scores = None
     if len(keys) == 2 and len(scores["val"]["y"]):
         threshold_scores = (scores["val"]["y"], scores["val"]["ensemble"][:, 1])
+    completed = int((table["status"] == "completed").sum()) if len(table) else 0
     inp = ReportInput(
         run_name=spec.name,
         labels=keys,
         train_counts=train_counts,
         distributions=distributions,
-        test=scored("test"),
-        val=scored("val"),
+        test=_scored(scores["test"], info, thresholds),
+        val=_scored(scores["val"], info, thresholds),
         tail=tail_classes(train_counts),
         tune_table=table if len(table) else None,
         tune_metric=spec.tune.metric,
         thresholds=thresholds,
         threshold_scores=threshold_scores,
-        notes=notes,
+        notes=notes + trial_notes,
         extra={
             "dropped": dropped,
             "ensemble": info,
-            "trials": {
-                "total": len(table),
-                "errors": len(errors),
-                "completed": int((table["status"] == "completed").sum()) if len(table) else 0,
-            },
+            "trials": {"total": len(table), "errors": len(errors), "completed": completed},
         },
     )
-    return write_report(inp, os.path.join(run_dir, "report"))["html"]
+    return write_report(inp, run.report)["html"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,6 +339,39 @@ def _check_trained(stage: str, state: dict[str, str], digest: str, exists: bool,
     )
 
 
+class _Progress:
+    """The pipeline's record of finished stages (``pipeline.json``) and its result."""
+
+    def __init__(self, run: RunDir, notify: Callable[[str, str], None]):
+        self.run = run
+        self.notify = notify
+        self.result = PipelineResult(run.path, {}, "")
+        self.digests: dict[str, str] = {}
+
+    def state(self) -> dict[str, str]:
+        path = self.run.pipeline_state
+        return read_json(path) if os.path.exists(path) else {}
+
+    def run_stage(self, stage: str, fn: Callable[[], Any]) -> None:
+        start = time.perf_counter()
+        self.notify(stage, "start")
+        fn()
+        s = self.state()
+        s[stage] = self.digests[stage]
+        if stage != "prepare":  # (prepare's changes show in the digests)
+            for later in STAGES[STAGES.index(stage) + 1 :]:
+                if later not in TRAINED:
+                    s.pop(later, None)  # derived stages after a redone one are redone too
+        write_json_atomic(self.run.pipeline_state, s)
+        self.result.stages[stage] = "ran"
+        self.result.seconds[stage] = time.perf_counter() - start
+        self.notify(stage, "done")
+
+    def skip(self, stage: str) -> None:
+        self.result.stages[stage] = "skipped"
+        self.notify(stage, "skip")
+
+
 def run_pipeline(
     spec: JobSpec,
     *,
@@ -380,97 +384,47 @@ def run_pipeline(
     Needs a Ray with the dashboard on for the tune stage (see ``engine.tune.search``).
     """
     from engine.prepare import prepare
-    from engine.tune import finished_search_matches, search
 
     spec = replace(spec, run_dir=local_dir(spec.run_dir, "raybalance run"))
-    run_dir = spec.run_dir
-    state_path = os.path.join(run_dir, STATE)
-    result = PipelineResult(run_dir, {}, "")
-    digests: dict[str, str] = {}
-    notify = on_stage or (lambda stage, event: None)
+    run = RunDir(spec.run_dir)
+    p = _Progress(run, on_stage or (lambda stage, event: None))
 
-    def state() -> dict[str, str]:
-        return read_json(state_path) if os.path.exists(state_path) else {}
+    def prepare_stage() -> None:  # prepare skips its own up-to-date steps
+        prepare(spec, overwrite=overwrite)
+        p.digests = stage_digests(spec, prepared_digest(run.path))
 
-    def finish(stage: str, start: float) -> None:
-        s = state()
-        s[stage] = digests[stage]
-        if stage != "prepare":  # (prepare's changes show in the digests)
-            for later in STAGES[STAGES.index(stage) + 1 :]:
-                if later not in TRAINED:
-                    s.pop(later, None)  # derived stages after a redone one are redone too
-        write_json_atomic(state_path, s)
-        result.stages[stage] = "ran"
-        result.seconds[stage] = time.perf_counter() - start
-        notify(stage, "done")
+    p.run_stage("prepare", prepare_stage)
+    _trained_stages(spec, run, p, overwrite)
+    ensemble_done = run.exists(rundir.ENSEMBLE, "manifest.json") and run.exists(rundir.SCORES)
+    for stage, fn, done in (
+        ("ensemble", _ensemble, ensemble_done),
+        ("report", _report, run.exists(rundir.REPORT, rundir.METRICS)),
+    ):
+        if done and p.state().get(stage) == p.digests[stage]:
+            p.skip(stage)
+        else:
+            p.run_stage(stage, lambda fn=fn: fn(spec, run))
+    p.result.metrics = read_json(run.join(rundir.REPORT, rundir.METRICS))
+    p.result.report = run.join(rundir.REPORT, "report.html")
+    return p.result
 
-    def skip(stage: str) -> None:
-        result.stages[stage] = "skipped"
-        notify(stage, "skip")
 
-    # prepare skips its own up-to-date steps
-    t0 = time.perf_counter()
-    notify("prepare", "start")
-    prepare(spec, overwrite=overwrite)
-    digests = stage_digests(spec, prepared_digest(run_dir))
-    finish("prepare", t0)
+def _trained_stages(spec: JobSpec, run: RunDir, p: _Progress, overwrite: bool) -> None:
+    """The baseline and the search: redone only with ``overwrite`` when their spec changed."""
+    from engine.tune import finished_search_matches, search
 
-    st = state()
-    baseline_done = os.path.exists(os.path.join(run_dir, BASELINE_DIR, "metrics.json"))
-    if _check_trained("baseline", st, digests["baseline"], baseline_done, overwrite):
-        t0 = time.perf_counter()
-        notify("baseline", "start")
-        _baseline(spec, run_dir)
-        finish("baseline", t0)
+    baseline_done = run.exists(rundir.BASELINE, rundir.METRICS)
+    if _check_trained("baseline", p.state(), p.digests["baseline"], baseline_done, overwrite):
+        p.run_stage("baseline", lambda: _baseline(spec, run))
     else:
-        skip("baseline")
-
-    st = state()
-    tune_done = os.path.exists(os.path.join(run_dir, "tune", "results.parquet"))
+        p.skip("baseline")
+    st = p.state()
+    tune_done = os.path.exists(run.tune_results)
     if tune_done and "tune" not in st and not overwrite and finished_search_matches(spec):
         # a search that `raybalance tune` finished on this spec: the pipeline carries on from it
-        st["tune"] = digests["tune"]
-        write_json_atomic(state_path, st)
-    if _check_trained("tune", st, digests["tune"], tune_done, overwrite):
-        t0 = time.perf_counter()
-        notify("tune", "start")
-        search(spec, overwrite=tune_done or overwrite)
-        finish("tune", t0)
+        st["tune"] = p.digests["tune"]
+        write_json_atomic(run.pipeline_state, st)
+    if _check_trained("tune", st, p.digests["tune"], tune_done, overwrite):
+        p.run_stage("tune", lambda: search(spec, overwrite=tune_done or overwrite))
     else:
-        skip("tune")
-
-    for stage, fn, artifact in (
-        ("ensemble", _ensemble, os.path.join("ensemble", "manifest.json")),
-        ("report", _report, os.path.join("report", "metrics.json")),
-    ):
-        st = state()
-        done = os.path.exists(os.path.join(run_dir, artifact))
-        if stage == "ensemble":
-            done = done and os.path.exists(os.path.join(run_dir, SCORES))
-        if done and st.get(stage) == digests[stage]:
-            skip(stage)
-            continue
-        t0 = time.perf_counter()
-        notify(stage, "start")
-        fn(spec, run_dir)
-        finish(stage, t0)
-
-    result.metrics = read_json(os.path.join(run_dir, "report", "metrics.json"))
-    result.report = os.path.join(run_dir, "report", "report.html")
-    return result
-
-
-def remove_stage_outputs(run_dir: str, stage: str) -> None:
-    """Delete a stage's artifacts (tests and ``--redo``)."""
-    paths = {
-        "baseline": [BASELINE_DIR],
-        "tune": ["tune"],
-        "ensemble": ["ensemble", SCORES],
-        "report": ["report"],
-    }[stage]
-    for p in paths:
-        full = os.path.join(run_dir, p)
-        if os.path.isdir(full):
-            shutil.rmtree(full)
-        elif os.path.exists(full):
-            os.remove(full)
+        p.skip("tune")

@@ -132,7 +132,7 @@ def predict(
     )
     tmp = writer_temp_dir(fs, root)
     try:
-        write_in_source_order(scored, fs, tmp)
+        write_in_source_order(scored, fs, tmp, source)
         files = sorted(
             f.path for f in fs.get_file_info(pa.fs.FileSelector(tmp)) if f.path.endswith(".parquet")
         )

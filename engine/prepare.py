@@ -19,50 +19,30 @@ import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from engine.config import DataSpec, JobSpec, dump_spec
-from engine.data import LabelMap, read_schema, resolve_columns, resolve_source
+from engine import rundir
+from engine.config import (
+    SMOTE_METHODS,
+    SPLIT_SECTIONS,
+    JobSpec,
+    dump_spec,
+    model_data,
+    needs_embedding,
+)
+from engine.data import read_schema, resolve_columns, resolve_source
 from engine.io import (
-    exists,
     filesystem_and_path,
-    join,
     json_digest,
     read_json,
     write_bytes_atomic,
     write_json_atomic,
 )
-from engine.resample import SMOTE_METHODS, ResampleResult, resample
+from engine.resample import ResampleResult, resample
+from engine.rundir import RunDir
 from engine.screen import dropped_warning, screen
-from engine.split import SPLITS, SplitResult, read_manifest, split
+from engine.split import SPLITS, SplitResult, split
 from engine.stats import ClassStats, compute_stats, plot_class_distribution
 
 log = logging.getLogger("raybalance")
-
-# The sections the prepared artifacts depend on (training refuses artifacts made with others);
-# a change of the first three makes them another run's (prepare refuses without --overwrite),
-# a change of resample or embed just redoes those steps.
-PREPARE_SECTIONS = ("data", "stats", "split", "resample", "embed")
-OWNING_SECTIONS = ("data", "stats", "split")
-
-
-def needs_embedding(spec: JobSpec) -> bool:
-    """Text must become a feature column: for an MLP head or for SMOTE-family resampling."""
-    wants_features = spec.model.kind == "mlp" or spec.resample.method in SMOTE_METHODS
-    return bool(spec.data.text) and not spec.data.features and wants_features
-
-
-def model_data(spec: JobSpec) -> DataSpec:
-    """The data spec the later stages see: with the embedding as the features when embedded."""
-    if needs_embedding(spec):
-        return replace(spec.data, features=[spec.embed.column], text=None)
-    return spec.data
-
-
-def split_dir(run_dir: str, name: str) -> str:
-    """Where a split's model inputs are: ``embedded/<name>`` when embedded, else ``splits/``."""
-    fs, root = filesystem_and_path(run_dir)
-    if exists(fs, join(root, "embedded", "_complete.json")):
-        return join(run_dir, "embedded", name)
-    return join(run_dir, "splits", name)
 
 
 @dataclass(frozen=True)
@@ -75,36 +55,15 @@ class PrepareResult:
 
     @property
     def artifacts(self) -> dict[str, str]:
-        d = self.run_dir
+        run = RunDir(self.run_dir)
         return {
-            "stats": join(d, "stats.json"),
-            "label_map": join(d, "label_map.json"),
-            "plot": join(d, "class_distribution.png"),
-            "splits": join(d, "splits"),
-            "spec": join(d, "spec.yaml"),
-            **({"resampled": join(d, "resampled")} if self.resampled else {}),
+            "stats": run.stats,
+            "label_map": run.label_map_path,
+            "plot": run.plot,
+            "splits": run.splits,
+            "spec": run.spec_yaml,
+            **({"resampled": run.resampled} if self.resampled else {}),
         }
-
-
-def claim_run_dir(spec: JobSpec, overwrite: bool, sections: tuple[str, ...]) -> None:
-    """Refuse a run directory whose ``run.json`` records another run, unless ``overwrite``."""
-    fs, root = filesystem_and_path(spec.run_dir)
-    marker = join(root, "run.json")
-    mine = asdict(spec)
-    if exists(fs, marker) and not overwrite:
-        theirs = read_json(join(spec.run_dir, "run.json"))
-        other = theirs.get("spec", {})
-        differs = [s for s in sections if other.get(s) != mine[s]]
-        if theirs.get("name") != spec.name:
-            differs.insert(0, "name")
-        if differs:
-            raise ValueError(
-                f"run_dir {spec.run_dir!r} holds the artifacts of run {theirs.get('name')!r}, made "
-                f"with a different {', '.join(differs)}; choose another run_dir (or name), or "
-                "pass --overwrite to replace them"
-            )
-    fs.create_dir(root, recursive=True)
-    write_json_atomic(marker, {"name": spec.name, "spec": mine}, fs)
 
 
 def input_fingerprint(spec: JobSpec, source) -> str:
@@ -112,18 +71,12 @@ def input_fingerprint(spec: JobSpec, source) -> str:
     the data, stats and split specs. Equal digests: the prepared splits are up to date."""
     infos = source.filesystem.get_file_info(list(source.files))
     files = [[i.path, i.size, i.mtime_ns] for i in infos]
-    return json_digest(files, *(asdict(getattr(spec, s)) for s in OWNING_SECTIONS))
+    return json_digest(files, *(asdict(getattr(spec, s)) for s in SPLIT_SECTIONS))
 
 
-def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
-    """Statistics, exact splits, embeddings and resampling for ``spec`` into ``spec.run_dir``.
-
-    Each step is skipped when its complete output exists and was made from the same inputs
-    and spec (a digest recorded in it), so a rerun after a crash, or with only a new
-    ``resample`` section, continues where it stopped instead of redoing everything.
-    """
-    data = spec.data
-    if data.text is None and data.features is None:
+def check_prepare_spec(spec: JobSpec) -> None:
+    """The checks that need no data: raise before anything is read or written."""
+    if spec.data.text is None and spec.data.features is None:
         raise ValueError(
             "prepare needs the model's inputs: set data.text (a text column) or data.features "
             "(numeric columns, or one list column)"
@@ -134,17 +87,47 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
             "makes synthetic rows without text; use a random resampling method "
             "(random_over, random_under, combined) with lexical models"
         )
-    source = resolve_source(data.path, data.format)
-    fs, root = filesystem_and_path(spec.run_dir)
 
+
+@dataclass
+class _Prepared:
+    """What the stats-and-splits step hands on to the later steps."""
+
+    stats: ClassStats
+    splits: SplitResult
+    warnings: list[str]
+    text: str | None
+    key: str  # digest of the input files, the split sections and the splits made
+
+
+def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
+    """Statistics, exact splits, embeddings and resampling for ``spec`` into ``spec.run_dir``.
+
+    Each step is skipped when its complete output exists and was made from the same inputs
+    and spec (a digest recorded in it), so a rerun after a crash, or with only a new
+    ``resample`` section, continues where it stopped instead of redoing everything.
+    """
+    check_prepare_spec(spec)
+    run = RunDir(spec.run_dir)
+    source = resolve_source(spec.data.path, spec.data.format)
+    done = _stats_and_splits(spec, run, source, overwrite)
+    embed_key = _embed_step(spec, run, done)
+    resampled = _resample_step(spec, run, done, embed_key)
+    warnings = done.warnings + (resampled.warnings if resampled is not None else [])
+    _plot_and_spec(spec, run, done, resampled)
+    return PrepareResult(spec.run_dir, done.stats, done.splits, warnings, resampled)
+
+
+def _stats_and_splits(spec: JobSpec, run: RunDir, source, overwrite: bool) -> _Prepared:
+    """Class statistics and the exact splits, reused when made from the same inputs."""
+    data = spec.data
     fingerprint = input_fingerprint(spec, source)
-    splits_dir = join(spec.run_dir, "splits")
-    manifest = read_manifest(splits_dir)
+    manifest = run.split_manifest()
     fresh = (
         manifest is not None
         and manifest.get("fingerprint") == fingerprint
-        and exists(fs, join(root, "stats.json"))
-        and exists(fs, join(root, "label_map.json"))
+        and run.exists(rundir.STATS)
+        and run.exists(rundir.LABEL_MAP)
     )
     dropped = None
     if not fresh and data.max_errored_blocks > 0:  # refused here, before anything is written
@@ -152,102 +135,113 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
         if screened.bad:
             dropped = screened.dropped(data.max_errored_blocks)
             source = replace(source, files=screened.good)
-    claim_run_dir(spec, overwrite, OWNING_SECTIONS)
+    run.claim(spec, overwrite)
     if fresh:
         log.info("prepare: stats and splits of %s are up to date; reusing them", source.path)
-        label_map = LabelMap.from_json(read_json(join(spec.run_dir, "label_map.json")))
-        stats = ClassStats.from_json(read_json(join(spec.run_dir, "stats.json")), label_map)
-        splits = SplitResult(splits_dir, manifest["counts"], manifest.get("warnings", []), 0)
+        label_map = run.label_map()
+        stats = ClassStats.from_json(read_json(run.stats), label_map)
+        splits = SplitResult(run.splits, manifest["counts"], manifest.get("warnings", []), 0)
         warnings = list(manifest.get("stats_warnings", [])) + splits.warnings
-        text_col = data.text
-    else:
-        result = compute_stats(source, data, spec.stats)
-        if dropped is not None:
-            result.warnings.insert(0, dropped_warning(dropped))
-        for w in result.warnings:
-            log.warning(w)
-        stats = result.stats
-        extra: dict[str, Any] = {
-            "source": source.path,
-            "null_labels_dropped": result.summary.null_labels,
-        }
-        if dropped is not None:
-            extra["dropped"] = dropped
-        write_json_atomic(join(root, "stats.json"), stats.to_json(**extra), fs)
-        write_json_atomic(join(root, "label_map.json"), stats.label_map.to_json(), fs)
-        splits = split(
-            source,
-            result.columns,
-            stats.label_map,
-            result.summary.counts,
-            spec.split,
-            splits_dir,
-            schema=result.schema,
-            extra_manifest={"fingerprint": fingerprint, "stats_warnings": result.warnings},
+        return _Prepared(
+            stats, splits, warnings, data.text, json_digest(fingerprint, manifest["run"])
         )
-        for w in splits.warnings:
-            log.warning(w)
-        warnings = result.warnings + splits.warnings
-        text_col = result.columns.text
-        manifest = read_manifest(splits_dir)
-    splits_key = json_digest(fingerprint, manifest["run"])
+    result = compute_stats(source, data, spec.stats)
+    if dropped is not None:
+        result.warnings.insert(0, dropped_warning(dropped))
+    for w in result.warnings:
+        log.warning(w)
+    extra: dict[str, Any] = {
+        "source": source.path,
+        "null_labels_dropped": result.summary.null_labels,
+        **({"dropped": dropped} if dropped is not None else {}),
+    }
+    write_json_atomic(run.stats, result.stats.to_json(**extra))
+    write_json_atomic(run.label_map_path, result.stats.label_map.to_json())
+    splits = split(
+        source,
+        result.columns,
+        result.stats.label_map,
+        result.summary.counts,
+        spec.split,
+        run.splits,
+        schema=result.schema,
+        extra_manifest={"fingerprint": fingerprint, "stats_warnings": result.warnings},
+    )
+    for w in splits.warnings:
+        log.warning(w)
+    key = json_digest(fingerprint, run.require_splits()["run"])
+    return _Prepared(
+        result.stats, splits, result.warnings + splits.warnings, result.columns.text, key
+    )
 
-    embedded = join(root, "embedded")
-    embed_key = None
+
+def _embed_step(spec: JobSpec, run: RunDir, done: _Prepared) -> str | None:
+    """Embed the splits when the model needs features from text; else drop stale embeddings.
+    Returns the embeddings' digest (None when none)."""
     if needs_embedding(spec):
-        embed_key = json_digest(splits_key, asdict(spec.embed))
-        _embed_splits(spec, text_col, embed_key)
-    elif exists(fs, embedded):
-        fs.delete_dir(embedded)  # from an earlier spec: stale
+        key = json_digest(done.key, asdict(spec.embed))
+        _embed_splits(spec, done.text, key)
+        return key
+    if run.exists(rundir.EMBEDDED):
+        fs, root = filesystem_and_path(run.embedded)
+        fs.delete_dir(root)  # from an earlier spec: stale
+    return None
 
-    resampled_dir = join(root, "resampled")
-    resampled = None
-    if spec.resample.method != "none":
-        resample_key = json_digest(splits_key, embed_key, asdict(spec.resample), asdict(spec.stats))
-        done = join(resampled_dir, "_resample.json")
-        if exists(fs, join(resampled_dir, "stats.json")) and exists(fs, done):
-            old = read_json(join(spec.run_dir, "resampled", "_resample.json"))
-            if old.get("inputs") == resample_key:
-                log.info("prepare: the resampled train split is up to date; reusing it")
-                resampled = ResampleResult(
-                    join(spec.run_dir, "resampled", "train"),
-                    old["method"],
-                    spec.resample.sampling_strategy,
-                    old["before"],
-                    old["after"],
-                    old.get("warnings", []),
-                    old.get("pending_rows", 0),
-                )
-        if resampled is None:
-            train_source = resolve_source(split_dir(spec.run_dir, "train"))
-            schema = read_schema(train_source)
-            cols = resolve_columns(schema, model_data(spec), where=train_source.files[0])
-            resampled = resample(
-                train_source,
-                cols,
-                stats.label_map,
-                splits.counts["train"],
-                spec.resample,
-                join(spec.run_dir, "resampled"),
-                schema,
-                stats_spec=spec.stats,
-                stats_extra={"source": train_source.path},
-                inputs=resample_key,
-            )
-            for w in resampled.warnings:
-                log.warning(w)
-        warnings += resampled.warnings
-    elif exists(fs, resampled_dir):
-        fs.delete_dir(resampled_dir)  # from an earlier spec: training must not pick it up
 
-    series = {"all": stats.count_of(), **splits.counts}
+def _resample_step(
+    spec: JobSpec, run: RunDir, done: _Prepared, embed_key: str | None
+) -> ResampleResult | None:
+    """Resample the train split (reused when made from the same inputs); with
+    ``resample.method: none``, drop a resampled split an earlier spec made."""
+    if spec.resample.method == "none":
+        if run.exists(rundir.RESAMPLED):
+            fs, root = filesystem_and_path(run.resampled)
+            fs.delete_dir(root)  # from an earlier spec: training must not pick it up
+        return None
+    key = json_digest(done.key, embed_key, asdict(spec.resample), asdict(spec.stats))
+    old = run.resampled_record()
+    if old is not None and old.get("inputs") == key:
+        log.info("prepare: the resampled train split is up to date; reusing it")
+        return ResampleResult(
+            run.resampled_train,
+            old["method"],
+            spec.resample.sampling_strategy,
+            old["before"],
+            old["after"],
+            old.get("warnings", []),
+            old.get("pending_rows", 0),
+        )
+    train_source = resolve_source(run.model_split("train"))
+    schema = read_schema(train_source)
+    cols = resolve_columns(schema, model_data(spec), where=train_source.files[0])
+    resampled = resample(
+        train_source,
+        cols,
+        done.stats.label_map,
+        done.splits.counts["train"],
+        spec.resample,
+        run.resampled,
+        schema,
+        stats_spec=spec.stats,
+        stats_extra={"source": train_source.path},
+        inputs=key,
+    )
+    for w in resampled.warnings:
+        log.warning(w)
+    return resampled
+
+
+def _plot_and_spec(
+    spec: JobSpec, run: RunDir, done: _Prepared, resampled: ResampleResult | None
+) -> None:
+    series = {"all": done.stats.count_of(), **done.splits.counts}
     title = "Class distribution"
     if resampled is not None:
         series[f"train, {spec.resample.method}"] = resampled.after
         title = "Class distribution before and after resampling"
-    plot_class_distribution(series, join(root, "class_distribution.png"), title=title, fs=fs)
-    write_bytes_atomic(join(root, "spec.yaml"), dump_spec(spec).encode(), fs)
-    return PrepareResult(spec.run_dir, stats, splits, warnings, resampled)
+    fs, plot = filesystem_and_path(run.plot)
+    plot_class_distribution(series, plot, title=title, fs=fs)
+    write_bytes_atomic(run.spec_yaml, dump_spec(spec).encode())
 
 
 def _embed_splits(spec: JobSpec, text: str, key: str) -> None:
@@ -255,20 +249,19 @@ def _embed_splits(spec: JobSpec, text: str, key: str) -> None:
     and records ``key`` (splits + embed spec): equal keys, nothing to do."""
     from engine.embed import embed_files
 
-    root = join(spec.run_dir, "embedded")
-    fs, p = filesystem_and_path(root)
-    marker = join(p, "_complete.json")
-    if exists(fs, marker):
-        if read_json(join(root, "_complete.json")).get("inputs") == key:
+    run = RunDir(spec.run_dir)
+    fs, marker = filesystem_and_path(run.embedded_done)
+    if run.exists(rundir.EMBEDDED, rundir.EMBEDDED_DONE):
+        if read_json(run.embedded_done).get("inputs") == key:
             log.info("prepare: the embedded splits are up to date; reusing them")
             return
         fs.delete_file(marker)  # the splits or the encoder changed: the embeddings are stale
-    fs.create_dir(p, recursive=True)
+    fs.create_dir(filesystem_and_path(run.embedded)[1], recursive=True)
     done = {}
     for name in SPLITS:
         res = embed_files(
-            resolve_source(join(spec.run_dir, "splits", name)), join(root, name), text, spec.embed
+            resolve_source(run.split(name)), run.join(rundir.EMBEDDED, name), text, spec.embed
         )
         done[name] = {"rows": res.rows, "dim": res.dim, "seconds": round(res.seconds, 2)}
     info = {"model": spec.embed.model, "column": spec.embed.column, "inputs": key, **done}
-    write_json_atomic(marker, info, fs)
+    write_json_atomic(run.embedded_done, info)

@@ -696,14 +696,24 @@ def _notes(inp: ReportInput, metrics: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(notes))
 
 
-def _build(inp: ReportInput, metrics: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
-    """The page and the plots it embeds ({name: PNG bytes})."""
-    order = _class_order(inp)
-    test = metrics["test"]
-    plots: dict[str, bytes] = {}
-    body: list[str] = []
-    nav: list[tuple[str, str]] = [("summary", "Summary")]
+@dataclass
+class _Page:
+    """The report page as it is built: sections (HTML), the navigation and the plots."""
 
+    body: list[str] = field(default_factory=list)
+    nav: list[tuple[str, str]] = field(default_factory=list)
+    plots: dict[str, bytes] = field(default_factory=dict)
+
+    def section(self, anchor: str, nav: str, title: str) -> None:
+        self.nav.append((anchor, nav))
+        self.body.append(f'<h2 id="{anchor}">{title}</h2>')
+
+    def plot(self, name: str, png: bytes, alt: str, caption: str) -> None:
+        self.plots[name] = png
+        self.body.append(_img(png, alt, caption))
+
+
+def _meta(inp: ReportInput) -> str:
     n_test = len(inp.test[-1].y_true)
     counts = [inp.train_counts.get(c, 0) for c in inp.labels]
     meta = (
@@ -713,119 +723,131 @@ def _build(inp: ReportInput, metrics: dict[str, Any]) -> tuple[str, dict[str, by
     if inp.tail:
         meta += f" · tail: {_e(', '.join(_short(c, 24) for c in inp.tail[:8]))}"
         meta += " …" if len(inp.tail) > 8 else ""
+    return meta
 
-    body.append('<h2 id="summary">Summary on test</h2>' + _summary_table(test, "test"))
-    body.append(
+
+def _summary(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    page.section("summary", "Summary", "Summary on test")
+    page.body.append(_summary_table(metrics["test"], "test"))
+    page.body.append(
         '<p class="small">Macro averages count the classes present in test or predicted; '
         "tail recall is the mean recall over the tail classes with test rows; ECE is top-label "
         "calibration error (lower is better). Green: best per column.</p>"
     )
     if metrics["val"]:
-        body.append("<h3>On val</h3>" + _summary_table(metrics["val"], "val"))
+        page.body.append("<h3>On val</h3>" + _summary_table(metrics["val"], "val"))
 
+
+def _distribution(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
     dist = _plot_distribution(inp, order)
-    if dist is not None:
-        plots["class_distribution"] = dist
-        nav.append(("distribution", "Distribution"))
-        body.append('<h2 id="distribution">Class distribution</h2>')
-        body.append(
-            _img(
-                dist,
-                "class distribution",
-                "Rows per class (log scale), classes by "
-                "training rows; one bar per series: " + ", ".join(inp.distributions),
-            )
-        )
-
-    nav.append(("per-class", "Per class"))
-    plots["per_class_f1"] = _plot_per_class_f1(inp, order, test)
-    body.append('<h2 id="per-class">Per class on test</h2>')
-    body.append(
-        _img(
-            plots["per_class_f1"],
-            "per-class F1",
-            "F1 per class for each model, classes by training rows (tail at the right).",
-        )
+    if dist is None:
+        return
+    page.section("distribution", "Distribution", "Class distribution")
+    caption = (
+        "Rows per class (log scale), classes by training rows; one bar per series: "
+        + ", ".join(inp.distributions)
     )
-    body.append(_per_class_table(inp, order, test))
+    page.plot("class_distribution", dist, "class distribution", caption)
 
-    nav.append(("confusion", "Confusion"))
-    plots["confusion"] = _plot_confusion(inp, order)
-    body.append('<h2 id="confusion">Confusion matrix</h2>')
-    body.append(
-        _img(
-            plots["confusion"],
-            "confusion matrix",
-            f"{inp.test[-1].display} on test; each row sums to 1; grey rows have no test rows.",
-        )
-    )
 
-    if inp.tail:
-        idx = {c: i for i, c in enumerate(inp.labels)}
-        tail = sorted(inp.tail, key=lambda c: (inp.train_counts.get(c, 0), idx[c]))
-        support = test[inp.test[-1].name]["per_class"]
-        shown = [c for c in tail if support[c]["support"] > 0]
-        missing = [c for c in tail if support[c]["support"] == 0]
-        cap = f"Tail classes (fewest training rows first); solid: {inp.test[-1].display}"
-        if len(inp.test) > 1:
-            cap += f", dashed: {inp.test[0].display}"
-        cap += "; dotted: the class's share of test rows (a random ranking)."
-        if len(shown) > MAX_PR_PANELS:
-            cap += f" Showing {MAX_PR_PANELS} of {len(shown)}."
-            shown = shown[:MAX_PR_PANELS]
-        if missing:
-            cap += " No test rows (no curve): " + ", ".join(missing) + "."
-        nav.append(("pr", "Tail PR"))
-        body.append('<h2 id="pr">Precision-recall of the tail classes</h2>')
-        if shown:
-            plots["pr_tail"] = _plot_pr_tail(inp, shown)
-            body.append(_img(plots["pr_tail"], "tail PR curves", cap))
-        else:
-            body.append(f"<p>{_e(cap)}</p>")
+def _per_class(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    test = metrics["test"]
+    page.section("per-class", "Per class", "Per class on test")
+    caption = "F1 per class for each model, classes by training rows (tail at the right)."
+    page.plot("per_class_f1", _plot_per_class_f1(inp, order, test), "per-class F1", caption)
+    page.body.append(_per_class_table(inp, order, test))
 
-    nav.append(("thresholds", "Thresholds"))
-    body.append('<h2 id="thresholds">Decision thresholds</h2>' + _thresholds_html(inp, order))
+
+def _confusion(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    page.section("confusion", "Confusion", "Confusion matrix")
+    caption = f"{inp.test[-1].display} on test; each row sums to 1; grey rows have no test rows."
+    page.plot("confusion", _plot_confusion(inp, order), "confusion matrix", caption)
+
+
+def _tail_pr(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    if not inp.tail:
+        return
+    idx = {c: i for i, c in enumerate(inp.labels)}
+    tail = sorted(inp.tail, key=lambda c: (inp.train_counts.get(c, 0), idx[c]))
+    support = metrics["test"][inp.test[-1].name]["per_class"]
+    shown = [c for c in tail if support[c]["support"] > 0]
+    missing = [c for c in tail if support[c]["support"] == 0]
+    cap = f"Tail classes (fewest training rows first); solid: {inp.test[-1].display}"
+    if len(inp.test) > 1:
+        cap += f", dashed: {inp.test[0].display}"
+    cap += "; dotted: the class's share of test rows (a random ranking)."
+    if len(shown) > MAX_PR_PANELS:
+        cap += f" Showing {MAX_PR_PANELS} of {len(shown)}."
+        shown = shown[:MAX_PR_PANELS]
+    if missing:
+        cap += " No test rows (no curve): " + ", ".join(missing) + "."
+    page.section("pr", "Tail PR", "Precision-recall of the tail classes")
+    if shown:
+        page.plot("pr_tail", _plot_pr_tail(inp, shown), "tail PR curves", cap)
+    else:
+        page.body.append(f"<p>{_e(cap)}</p>")
+
+
+def _threshold_section(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    page.section("thresholds", "Thresholds", "Decision thresholds")
+    page.body.append(_thresholds_html(inp, order))
     t = inp.thresholds
     if t is not None and t.kind == "binary" and inp.threshold_scores is not None:
-        plots["threshold_curve"] = _plot_threshold_curve(inp)
-        body.append(
-            _img(
-                plots["threshold_curve"],
-                "threshold curve",
-                "Precision, recall and F-beta on val for every threshold; the dashed "
-                "line is the fitted threshold.",
-            )
+        caption = (
+            "Precision, recall and F-beta on val for every threshold; the dashed line is the "
+            "fitted threshold."
         )
+        page.plot("threshold_curve", _plot_threshold_curve(inp), "threshold curve", caption)
 
-    if inp.tune_table is not None:
-        png, text = _plot_tune(inp)
-        nav.append(("tune", "Tuning"))
-        body.append('<h2 id="tune">Tuning trials</h2>')
-        if png is not None:
-            plots["tune"] = png
-            body.append(_img(png, "tuning trials", f"{inp.tune_metric} per knob value; {text}"))
-        else:
-            body.append(f"<p>{_e(text)}</p>")
 
+def _tune_section(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
+    if inp.tune_table is None:
+        return
+    png, text = _plot_tune(inp)
+    page.section("tune", "Tuning", "Tuning trials")
+    if png is not None:
+        page.plot("tune", png, "tuning trials", f"{inp.tune_metric} per knob value; {text}")
+    else:
+        page.body.append(f"<p>{_e(text)}</p>")
+
+
+def _notes_section(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:
     notes = _notes(inp, metrics)
-    nav.append(("notes", "Notes"))
-    body.append('<h2 id="notes">Notes and warnings</h2>')
-    body.append(
+    page.section("notes", "Notes", "Notes and warnings")
+    page.body.append(
         '<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
         if notes
         else "<p>None.</p>"
     )
 
-    links = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in nav)
-    page = (
+
+SECTIONS = (
+    _summary,
+    _distribution,
+    _per_class,
+    _confusion,
+    _tail_pr,
+    _threshold_section,
+    _tune_section,
+    _notes_section,
+)
+
+
+def _build(inp: ReportInput, metrics: dict[str, Any]) -> tuple[str, dict[str, bytes]]:
+    """The page and the plots it embeds ({name: PNG bytes})."""
+    order = _class_order(inp)
+    page = _Page()
+    for section in SECTIONS:
+        section(page, inp, metrics, order)
+    links = "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in page.nav)
+    html = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(inp.run_name)} — evaluation report</title><style>{_CSS}</style></head>"
-        f'<body><main><h1>Evaluation report</h1><p class="meta">{meta}</p><nav>{links}</nav>'
-        + "\n".join(body)
-        + "</main></body></html>\n"
+        f'<body><main><h1>Evaluation report</h1><p class="meta">{_meta(inp)}</p>'
+        f"<nav>{links}</nav>" + "\n".join(page.body) + "</main></body></html>\n"
     )
-    return page, plots
+    return html, page.plots
 
 
 def write_report(inp: ReportInput, out_dir: str) -> dict[str, str]:

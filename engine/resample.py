@@ -53,7 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import ResampleSpec, StatsSpec
+from engine.config import SMOTE_METHODS, ResampleSpec, StatsSpec
 from engine.data import Columns, Fragment, LabelMap, Source, run_fragments
 from engine.hashing import seeded, splitmix64
 from engine.io import (
@@ -64,14 +64,14 @@ from engine.io import (
     temp_dir_beside,
     write_json_atomic,
 )
-from engine.split import (
+from engine.quota import (
     ROW_GROUP_ROWS,
     SplitWriters,
-    assign,
-    bucket_bits,
     class_batches,
+    concat_pending,
     find_cuts,
-    histogram_task,
+    key_histogram,
+    keyed_batches,
     resolve_pending,
     row_identity,
     task_name,
@@ -96,7 +96,9 @@ SAMPLE_FIELDS = [
     pa.field("copy_index", pa.int32()),
     pa.field("synthetic", pa.bool_()),
 ]
-SMOTE_METHODS = ("smote", "borderline1", "borderline2", "adasyn")
+RECORD = "_resample.json"  # in the output folder: method, counts, the inputs digest
+STATS = "stats.json"  # in the output folder, written last: the result is complete
+
 KIND = {
     "random_over": "over",
     "random_under": "under",
@@ -241,23 +243,15 @@ def _write_task(
     writers = SplitWriters(fs, out_dir, task_name(frags), out_schema, cols.label, ("train",))
     written = np.zeros(len(lm), dtype=np.int64)
     pending: list[pa.Table] = []
-    for frag in frags:
-        for table, cls in class_batches(source, frag, cols, None, lm):
-            identity = row_identity(table, cols)
-            keys = seeded(identity, seed, STREAM)
-            side, pend = assign(cls, keys, cuts)
-            copies = base[cls] + (side == 0)
-            if pend.any():
-                pt = table.filter(pa.array(pend))
-                for name, v in (("__cls", cls), ("__key", keys), ("__id", identity)):
-                    pt = pt.append_column(name, pa.array(v[pend]))
-                pending.append(pt)
-                copies = np.where(pend, 0, copies)
-            out = expand(table, identity, copies, seed, out_schema)
-            writers.write("train", out, frag.path)
-            written += np.bincount(cls, weights=copies, minlength=len(lm)).astype(np.int64)
+    for frag, b in keyed_batches(source, frags, cols, None, lm, seed, cuts, STREAM):
+        copies = base[b.cls] + (b.side == 0)
+        if b.pend.any():
+            pending.append(b.pending(__id=b.identity))
+            copies = np.where(b.pend, 0, copies)
+        writers.write("train", expand(b.table, b.identity, copies, seed, out_schema), frag.path)
+        written += np.bincount(b.cls, weights=copies, minlength=len(lm)).astype(np.int64)
     writers.close()
-    return written, (pa.concat_tables(pending, promote_options="permissive") if pending else None)
+    return written, concat_pending(pending)
 
 
 def _write_pending(
@@ -422,38 +416,46 @@ def _synthesize(
     out, warnings = [], []
     for c in np.flatnonzero(wanted):
         rows = np.flatnonzero(cls == c)
-        x, name = feats[rows], lm.keys[c]
-        rng = _class_rng(spec.seed, int(c))
-        keys = seeded(ident[rows], spec.seed, "knn-partition")
-        common = {"keys": keys, "max_rows": spec.knn_max_rows, "name": name}
-        n_new = int(p.synthetic[c])
-        if method == "smote":
-            syn = smote.smote(x, n_new, spec.k_neighbors, rng, **common)
-        else:
-            # Column 0 is the row itself (distance 0), as imbalanced-learn drops it.
-            is_other = near[1][rows][:, 1:] != c
-            if method == "adasyn":
-                syn = smote.adasyn(x, n_new, spec.k_neighbors, rng, is_other, **common)
-            elif method == "borderline1":
-                syn = smote.borderline(x, n_new, spec.k_neighbors, rng, is_other, kind=1, **common)
-            else:
-                x_other = other[1][rows].reshape(-1, x.shape[1])
-                kk = other[1].shape[1]
-                other_nn = np.arange(len(rows) * kk).reshape(len(rows), kk)
-                syn = smote.borderline(
-                    x,
-                    n_new,
-                    spec.k_neighbors,
-                    rng,
-                    is_other,
-                    kind=2,
-                    X_other=x_other,
-                    other_nn=other_nn,
-                    **common,
-                )
+        syn = _grow_class(
+            spec, int(c), feats[rows], ident[rows], int(p.synthetic[c]), lm, near, other, rows
+        )
         warnings += syn.warnings
         out.append((int(c), syn, ident[rows]))
     return out, warnings
+
+
+def _grow_class(spec: ResampleSpec, c: int, x, ident, n_new: int, lm: LabelMap, near, other, rows):
+    """``n_new`` synthetic rows of class ``c`` from its rows ``x`` by ``spec.method``
+    (``near``/``other``: the merged neighbour tables of the whole gather, ``rows`` its rows of
+    this class)."""
+    from engine import smote
+
+    method = spec.method
+    rng = _class_rng(spec.seed, c)
+    keys = seeded(ident, spec.seed, "knn-partition")
+    common = {"keys": keys, "max_rows": spec.knn_max_rows, "name": lm.keys[c]}
+    if method == "smote":
+        return smote.smote(x, n_new, spec.k_neighbors, rng, **common)
+    # Column 0 is the row itself (distance 0), as imbalanced-learn drops it.
+    is_other = near[1][rows][:, 1:] != c
+    if method == "adasyn":
+        return smote.adasyn(x, n_new, spec.k_neighbors, rng, is_other, **common)
+    if method == "borderline1":
+        return smote.borderline(x, n_new, spec.k_neighbors, rng, is_other, kind=1, **common)
+    x_other = other[1][rows].reshape(-1, x.shape[1])
+    kk = other[1].shape[1]
+    other_nn = np.arange(len(rows) * kk).reshape(len(rows), kk)
+    return smote.borderline(
+        x,
+        n_new,
+        spec.k_neighbors,
+        rng,
+        is_other,
+        kind=2,
+        X_other=x_other,
+        other_nn=other_nn,
+        **common,
+    )
 
 
 def _synthetic_table(
@@ -536,79 +538,17 @@ def resample(
     renamed into place when complete, so a ``stats.json`` there means a complete result.
     ``inputs`` (a digest of what the result depends on) is recorded in ``_resample.json``.
     """
-    if spec.method == "none":
-        raise ValueError("resample.method=none: nothing to resample")
-    stats_spec = stats_spec or StatsSpec()
-    if spec.method in SMOTE_METHODS and not (cols.features or cols.vector):
-        raise ValueError(
-            f"resample.method={spec.method} interpolates feature vectors: set data.features "
-            "(numeric columns or one list column), or data.text with an embedding (embed.*)"
-        )
     keys = label_map.keys
-    n = np.array([int(counts.get(k, 0)) for k in keys], dtype=np.int64)
-    targets = resolve_targets(spec.sampling_strategy, dict(zip(keys, n)), KIND[spec.method])
-    t = np.array([targets[k] for k in keys], dtype=np.int64)
-    emptied = [k for k, a, b in zip(keys, n, t) if a > 0 and b == 0]
-    if emptied:
-        raise ValueError(
-            f"resample.sampling_strategy={describe(spec.sampling_strategy)} leaves class(es) "
-            f"{emptied[:10]} with no rows; keep at least one row of every class"
-        )
-    p = plan(n, t, spec.method)
+    n, t, p = _targets(spec, cols, keys, counts)
+    cuts = _cuts(source, cols, label_map, spec, n, p)
     out_schema = output_schema(schema)
-
-    bits = bucket_bits(len(keys))
-    hist = sum(
-        run_fragments(
-            source,
-            functools.partial(
-                histogram_task,
-                cols=cols,
-                schema=None,
-                lm=label_map,
-                seed=spec.seed,
-                bits=bits,
-                stream=STREAM,
-            ),
-            description="resample: key histogram",
-        )
-    )
-    if not np.array_equal(hist.reshape(len(n), -1).sum(axis=1), n):
-        raise RuntimeError(
-            f"{source.path} does not hold the class counts of the split manifest "
-            f"({hist.reshape(len(n), -1).sum(axis=1).tolist()} vs {n.tolist()}); "
-            "rerun prepare with --overwrite"
-        )
-    cuts = find_cuts(hist, np.stack([p.extra, np.zeros_like(n), n - p.extra], axis=1), bits)
-
     fs, final = filesystem_and_path(out_dir)
     tmp = temp_dir_beside(fs, final)
     try:
         fs.create_dir(join(tmp, "train"), recursive=True)
-        parts = run_fragments(
-            source,
-            functools.partial(
-                _write_task,
-                cols=cols,
-                lm=label_map,
-                seed=spec.seed,
-                cuts=cuts,
-                base=p.base,
-                fs=fs,
-                out_dir=tmp,
-                out_schema=out_schema,
-            ),
-            description=f"resample: {spec.method}",
+        written, pending_rows = _write_kept(
+            source, cols, label_map, spec, cuts, p, fs, tmp, out_schema
         )
-        written = sum(x[0] for x in parts)
-        pend = [x[1] for x in parts if x[1] is not None]
-        pending_rows = 0
-        if pend:
-            pending = pa.concat_tables(pend, promote_options="permissive")
-            pending_rows = pending.num_rows
-            written = written + _write_pending(
-                pending, cuts, p.base, spec.seed, fs, tmp, out_schema, len(n)
-            )
         synth, warnings = _synthesize(source, cols, label_map, spec, p)
         for c, syn, seed_ids in synth:
             table = _synthetic_table(c, syn, seed_ids, cols, label_map, out_schema, spec.seed)
@@ -621,24 +561,24 @@ def resample(
             )
         if not any(i.path.endswith(".parquet") for i in _list(fs, join(tmp, "train"))):
             _write_file(out_schema.empty_table(), fs, join(tmp, "train", "part-empty.parquet"))
-        write_json_atomic(
-            join(tmp, "_resample.json"),
-            {
-                "method": spec.method,
-                "sampling_strategy": _jsonable(spec.sampling_strategy),
-                "seed": spec.seed,
-                "k_neighbors": spec.k_neighbors,
-                "before": dict(zip(keys, n.tolist())),
-                "after": dict(zip(keys, t.tolist())),
-                "pending_rows": pending_rows,
-                "warnings": warnings,
-                "inputs": inputs,
-            },
-            fs,
+        before, after = dict(zip(keys, n.tolist())), dict(zip(keys, t.tolist()))
+        record = {
+            "method": spec.method,
+            "sampling_strategy": _jsonable(spec.sampling_strategy),
+            "seed": spec.seed,
+            "k_neighbors": spec.k_neighbors,
+            "before": before,
+            "after": after,
+            "pending_rows": pending_rows,
+            "warnings": warnings,
+            "inputs": inputs,
+        }
+        write_json_atomic(join(tmp, RECORD), record, fs)
+        stats = class_stats(
+            label_map, dict(zip(label_map.labels, t.tolist())), stats_spec or StatsSpec()
         )
-        after = class_stats(label_map, dict(zip(label_map.labels, t.tolist())), stats_spec)
         extra = {"method": spec.method, **(stats_extra or {})}
-        write_json_atomic(join(tmp, "stats.json"), after.to_json(**extra), fs)
+        write_json_atomic(join(tmp, STATS), stats.to_json(**extra), fs)
         replace_dir(fs, tmp, final)
     except BaseException:
         if exists(fs, tmp):
@@ -648,11 +588,74 @@ def resample(
         join(out_dir, "train"),
         spec.method,
         spec.sampling_strategy,
-        dict(zip(keys, n.tolist())),
-        dict(zip(keys, t.tolist())),
+        before,
+        after,
         warnings,
         pending_rows,
     )
+
+
+def _targets(spec: ResampleSpec, cols: Columns, keys: list[str], counts: Mapping[str, int]):
+    """(rows per class, target rows per class, the plan); raises on a spec that cannot apply."""
+    if spec.method == "none":
+        raise ValueError("resample.method=none: nothing to resample")
+    if spec.method in SMOTE_METHODS and not (cols.features or cols.vector):
+        raise ValueError(
+            f"resample.method={spec.method} interpolates feature vectors: set data.features "
+            "(numeric columns or one list column), or data.text with an embedding (embed.*)"
+        )
+    n = np.array([int(counts.get(k, 0)) for k in keys], dtype=np.int64)
+    targets = resolve_targets(spec.sampling_strategy, dict(zip(keys, n)), KIND[spec.method])
+    t = np.array([targets[k] for k in keys], dtype=np.int64)
+    emptied = [k for k, a, b in zip(keys, n, t) if a > 0 and b == 0]
+    if emptied:
+        raise ValueError(
+            f"resample.sampling_strategy={describe(spec.sampling_strategy)} leaves class(es) "
+            f"{emptied[:10]} with no rows; keep at least one row of every class"
+        )
+    return n, t, plan(n, t, spec.method)
+
+
+def _cuts(source: Source, cols: Columns, label_map: LabelMap, spec: ResampleSpec, n, p: Plan):
+    """The keyed-quota cuts that pick each class's extra copies exactly (one histogram pass)."""
+    hist, bits = key_histogram(
+        source, cols, None, label_map, spec.seed, STREAM, "resample: key histogram"
+    )
+    if not np.array_equal(hist.reshape(len(n), -1).sum(axis=1), n):
+        raise RuntimeError(
+            f"{source.path} does not hold the class counts of the split manifest "
+            f"({hist.reshape(len(n), -1).sum(axis=1).tolist()} vs {n.tolist()}); "
+            "rerun prepare with --overwrite"
+        )
+    return find_cuts(hist, np.stack([p.extra, np.zeros_like(n), n - p.extra], axis=1), bits)
+
+
+def _write_kept(source, cols, label_map, spec, cuts, p: Plan, fs, tmp: str, out_schema):
+    """The kept and copied rows written under ``tmp/train``; returns (rows written per class,
+    rows placed after the pass because their keys fell on a cut)."""
+    parts = run_fragments(
+        source,
+        functools.partial(
+            _write_task,
+            cols=cols,
+            lm=label_map,
+            seed=spec.seed,
+            cuts=cuts,
+            base=p.base,
+            fs=fs,
+            out_dir=tmp,
+            out_schema=out_schema,
+        ),
+        description=f"resample: {spec.method}",
+    )
+    written = sum(x[0] for x in parts)
+    pend = [x[1] for x in parts if x[1] is not None]
+    if not pend:
+        return written, 0
+    pending = pa.concat_tables(pend, promote_options="permissive")
+    k = len(label_map)
+    extra = _write_pending(pending, cuts, p.base, spec.seed, fs, tmp, out_schema, k)
+    return written + extra, pending.num_rows
 
 
 def _list(fs, path: str):

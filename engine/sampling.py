@@ -540,6 +540,115 @@ def _storable(dtype: np.dtype) -> np.dtype:
     return np.dtype(object) if dtype.kind in "USO" else dtype
 
 
+class _EpochState:
+    """One epoch of a ``StreamBalancer``: the class stores, the counts, the batch mix (which
+    loses the classes a shard never shows) and the read-ahead pace."""
+
+    def __init__(self, bal: StreamBalancer, epoch: int, res_rng, draw_rng, order_rng):
+        k, cap = bal.num_classes, bal.buffer_rows
+        self.bal, self.epoch, self.k, self.cap = bal, epoch, k, cap
+        self.res_rng, self.draw_rng, self.order_rng = res_rng, draw_rng, order_rng
+        self.stores = [_ClassStore(cap, bal.reservoir_rows) for _ in range(k)]
+        self.read = np.zeros(k, np.int64)
+        self.fresh_out = np.zeros(k, np.int64)
+        self.recycled = np.zeros(k, np.int64)
+        self.dropped = np.zeros(k, np.int64)
+        self.mix = bal.mix
+        self.active = self.mix > 0
+        self.missing: list[int] = []
+        self.columns: list[str] | None = None
+        self.exhausted_at: int | None = None
+        # Read-ahead lead a full buffer can carry: cap rows cover cap / B steps at worst.
+        self.per_step = bal._expected_rows / bal.steps_per_epoch
+        self.budget = cap * self.per_step / bal.batch_size
+        self.last_rows = 0  # size of the latest input batch (one read may overshoot by that much)
+
+    def ingest(self, batch: dict[str, np.ndarray]) -> None:
+        y = self.bal._labels(batch)
+        self.last_rows = len(y)
+        if self.columns is None:
+            self.columns = list(batch)
+        elif sorted(batch) != sorted(self.columns):
+            raise ValueError(f"input batch columns {sorted(batch)} differ from {self.columns}")
+        batch = {c: np.asarray(batch[c]) for c in self.columns}
+        for c in np.unique(y):
+            idx = np.flatnonzero(y == c)
+            self.read[c] += len(idx)
+            if not self.active[c]:  # a class without a share is never emitted
+                self.dropped[c] += len(idx)
+                continue
+            store = self.stores[c]
+            self.dropped[c] += store.add(_take_rows(batch, idx), len(idx), self.res_rng)
+            assert store.fresh <= self.cap
+            self.bal.peak_buffer_rows = max(self.bal.peak_buffer_rows, store.fresh)
+            self.bal.peak_reservoir_rows = max(self.bal.peak_reservoir_rows, store.res_n)
+
+    def _enough(self, s: int, m: np.ndarray) -> bool:
+        """Whether step ``s`` can be emitted without reading more."""
+        total_read = int(self.read.sum())
+        if total_read < math.ceil((s + 1) * self.per_step):
+            return False
+        short = m > np.array([st.fresh for st in self.stores])
+        if not short.any():
+            return True
+        unseen = short & (np.array([st.seen for st in self.stores]) == 0)
+        pace = math.ceil((s + 1) * self.per_step)
+        # read-ahead budget spent: recycle the short classes
+        return not unseen.any() and total_read >= pace + self.budget - self.last_rows
+
+    def fill(self, s: int, m: np.ndarray, it) -> bool:
+        """Read until step ``s`` (counts ``m``) can be emitted or the input ends; returns
+        whether the mix changed (the input ended without some class)."""
+        while not self._enough(s, m):
+            batch = next(it, None)
+            if batch is None:
+                self.exhausted_at = s
+                return self._drop_unseen()
+            self.ingest(batch)
+        return False
+
+    def _drop_unseen(self) -> bool:
+        unseen = [int(c) for c in np.flatnonzero(self.active) if self.stores[c].seen == 0]
+        if not unseen:
+            return False
+        if len(unseen) == int(self.active.sum()):
+            raise ValueError(
+                f"rank {self.bal.rank}: the input stream of epoch {self.epoch} has no "
+                "rows of any class with a target share; cannot emit batches"
+            )
+        self.missing = unseen
+        mix = np.where(np.isin(np.arange(self.k), unseen), 0.0, self.mix)
+        self.mix = mix / mix.sum()
+        self.active = self.mix > 0
+        logger.warning(
+            "StreamBalancer rank %d epoch %d: no rows of class(es) %s in this "
+            "worker's shard; renormalizing the batch mix over the classes seen",
+            self.bal.rank,
+            self.epoch,
+            ", ".join(str(c) for c in unseen),
+        )
+        return True
+
+    def finish(self, it) -> dict[str, Any]:
+        """Read what is left (so Ray Data sees the shard consumed); the epoch's counts."""
+        unused = np.array([st.fresh for st in self.stores])  # buffered but never emitted
+        for batch in it:
+            counts = np.bincount(self.bal._labels(batch), minlength=self.k)[: self.k]
+            self.read += counts
+            unused += counts
+        return {
+            "read": self.read.tolist(),
+            "fresh": self.fresh_out.tolist(),
+            "recycled": self.recycled.tolist(),
+            "dropped": self.dropped.tolist(),
+            "unused": unused.tolist(),
+            "missing": self.missing,
+            "mix": self.mix.tolist(),
+            "exhausted_at": self.exhausted_at,
+            "steps": self.bal.steps_per_epoch,
+        }
+
+
 class StreamBalancer:
     """Re-batches one worker's Ray Data shard into batches with the target class mix.
 
@@ -632,101 +741,18 @@ class StreamBalancer:
         return y
 
     def _run(self, epoch: int, it: Iterator[dict[str, np.ndarray]]) -> Iterator[dict]:
-        k, b, steps, cap = self.num_classes, self.batch_size, self.steps_per_epoch, self.buffer_rows
+        steps = self.steps_per_epoch
         ss = np.random.SeedSequence(self._entropy, spawn_key=(_TAG_STREAM, epoch, self.rank))
-        res_rng, draw_rng, order_rng = (np.random.default_rng(s) for s in ss.spawn(3))
-        stores = [_ClassStore(cap, self.reservoir_rows) for _ in range(k)]
-        read = np.zeros(k, np.int64)
-        fresh_out = np.zeros(k, np.int64)
-        recycled = np.zeros(k, np.int64)
-        dropped = np.zeros(k, np.int64)
-        mix = self.mix
-        active = mix > 0
-        missing: list[int] = []
-        columns: list[str] | None = None
-        exhausted_at: int | None = None
-
-        def ingest(batch: dict[str, np.ndarray]) -> None:
-            nonlocal columns, last_rows
-            y = self._labels(batch)
-            last_rows = len(y)
-            if columns is None:
-                columns = list(batch)
-            elif sorted(batch) != sorted(columns):
-                raise ValueError(f"input batch columns {sorted(batch)} differ from {columns}")
-            batch = {c: np.asarray(batch[c]) for c in columns}
-            for c in np.unique(y):
-                idx = np.flatnonzero(y == c)
-                read[c] += len(idx)
-                if not active[c]:  # a class without a share is never emitted
-                    dropped[c] += len(idx)
-                    continue
-                rows = _take_rows(batch, idx)
-                dropped[c] += stores[c].add(rows, len(idx), res_rng)
-                assert stores[c].fresh <= cap
-                self.peak_buffer_rows = max(self.peak_buffer_rows, stores[c].fresh)
-                self.peak_reservoir_rows = max(self.peak_reservoir_rows, stores[c].res_n)
-
-        # Read-ahead lead a full buffer can carry: cap rows cover cap / B steps at worst.
-        per_step = self._expected_rows / steps
-        budget = cap * per_step / b
-        last_rows = 0  # size of the latest input batch (one read may overshoot by that much)
-
+        st = _EpochState(self, epoch, *(np.random.default_rng(s) for s in ss.spawn(3)))
         for s in range(steps):
             step = epoch * steps + s
-            m = _step_counts(mix, b, step, step + 1)[0]
-            pace = math.ceil((s + 1) * per_step)
-            while exhausted_at is None:
-                total_read = int(read.sum())
-                if total_read >= pace:
-                    short = m > np.array([st.fresh for st in stores])
-                    if not short.any():
-                        break
-                    unseen = short & (np.array([st.seen for st in stores]) == 0)
-                    if not unseen.any() and total_read >= pace + budget - last_rows:
-                        break  # read-ahead budget spent: recycle the short classes
-                batch = next(it, None)
-                if batch is None:
-                    exhausted_at = s
-                    unseen = [int(c) for c in np.flatnonzero(active) if stores[c].seen == 0]
-                    if unseen:
-                        if len(unseen) == int(active.sum()):
-                            raise ValueError(
-                                f"rank {self.rank}: the input stream of epoch {epoch} has no "
-                                "rows of any class with a target share; cannot emit batches"
-                            )
-                        missing = unseen
-                        mix = np.where(np.isin(np.arange(k), unseen), 0.0, mix)
-                        mix = mix / mix.sum()
-                        active = mix > 0
-                        logger.warning(
-                            "StreamBalancer rank %d epoch %d: no rows of class(es) %s in this "
-                            "worker's shard; renormalizing the batch mix over the classes seen",
-                            self.rank,
-                            epoch,
-                            ", ".join(str(c) for c in unseen),
-                        )
-                        m = _step_counts(mix, b, step, step + 1)[0]
-                    break
-                ingest(batch)
-            yield self._emit(m, stores, columns, draw_rng, order_rng, fresh_out, recycled)
-
-        unused = np.array([st.fresh for st in stores])  # buffered but never emitted
-        for batch in it:  # read what is left so Ray Data sees the shard consumed
-            counts = np.bincount(self._labels(batch), minlength=k)[:k]
-            read += counts
-            unused += counts
-        self.last_stats = {
-            "read": read.tolist(),
-            "fresh": fresh_out.tolist(),
-            "recycled": recycled.tolist(),
-            "dropped": dropped.tolist(),
-            "unused": unused.tolist(),
-            "missing": missing,
-            "mix": mix.tolist(),
-            "exhausted_at": exhausted_at,
-            "steps": steps,
-        }
+            m = _step_counts(st.mix, self.batch_size, step, step + 1)[0]
+            if st.exhausted_at is None and st.fill(s, m, it):
+                m = _step_counts(st.mix, self.batch_size, step, step + 1)[0]
+            yield self._emit(
+                m, st.stores, st.columns, st.draw_rng, st.order_rng, st.fresh_out, st.recycled
+            )
+        self.last_stats = st.finish(it)
 
     def _emit(
         self,

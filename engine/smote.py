@@ -286,27 +286,8 @@ def adasyn_counts(other_neighbors: np.ndarray, n_new: int) -> np.ndarray:
     return _split_counts(c, n_new)
 
 
-def nearest_partial(
-    queries: np.ndarray,
-    X: np.ndarray,
-    labels: np.ndarray,
-    m: int,
-    exclude: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The map step of a chunked kNN: each query's m nearest rows of this chunk.
-
-    Args:
-        queries: (q, d) query rows.
-        X: (r, d) this chunk's rows.
-        labels: (r,) integer labels of ``X`` (class ids >= 0; -1 marks padding in the output).
-        m: neighbours to keep.
-        exclude: (q,) int, position in ``X`` of each query's own row, or -1 (skip nothing).
-
-    Returns:
-        ``(dist2, lab)``, both (q, min(m, r)): squared Euclidean distances (float64, exact
-        ``sum((q - x)**2)``) ascending, ties by label then row position, and the labels (int64).
-        Where fewer candidates exist (an excluded row), the tail is ``inf`` / -1.
-    """
+def _checked_partial(queries, X, labels, m, exclude):
+    """``nearest_partial``'s arguments checked: (Q, X, labels, m, exclude as int64 or -1)."""
     Q = _as_2d(queries, "queries")
     Xc = _as_2d(X, "X")
     if Q.shape[1] != Xc.shape[1]:
@@ -335,6 +316,32 @@ def nearest_partial(
         ex = ex.astype(np.int64)
         if ((ex < -1) | (ex >= r)).any():
             raise ValueError(f"exclude values must be in [-1, {r}): got {ex.min()}..{ex.max()}")
+    return Q, Xc, lab, m, ex
+
+
+def nearest_partial(
+    queries: np.ndarray,
+    X: np.ndarray,
+    labels: np.ndarray,
+    m: int,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The map step of a chunked kNN: each query's m nearest rows of this chunk.
+
+    Args:
+        queries: (q, d) query rows.
+        X: (r, d) this chunk's rows.
+        labels: (r,) integer labels of ``X`` (class ids >= 0; -1 marks padding in the output).
+        m: neighbours to keep.
+        exclude: (q,) int, position in ``X`` of each query's own row, or -1 (skip nothing).
+
+    Returns:
+        ``(dist2, lab)``, both (q, min(m, r)): squared Euclidean distances (float64, exact
+        ``sum((q - x)**2)``) ascending, ties by label then row position, and the labels (int64).
+        Where fewer candidates exist (an excluded row), the tail is ``inf`` / -1.
+    """
+    Q, Xc, lab, m, ex = _checked_partial(queries, X, labels, m, exclude)
+    q, r = Q.shape[0], Xc.shape[0]
     w = min(m, r)
     out_d = np.full((q, w), np.inf)
     out_l = np.full((q, w), -1, np.int64)

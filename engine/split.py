@@ -31,7 +31,6 @@ per-split class counts.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import uuid
 from dataclasses import dataclass
@@ -40,13 +39,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from engine.config import SplitSpec
-from engine.data import Columns, Fragment, LabelMap, Source, iter_fragment, run_fragments
-from engine.hashing import row_hash, seeded
+from engine.data import Columns, Fragment, LabelMap, Source, run_fragments
 from engine.io import (
     exists,
     filesystem_and_path,
@@ -56,9 +53,26 @@ from engine.io import (
     temp_dir_beside,
     write_json_atomic,
 )
+from engine.quota import (  # noqa: F401 - the keyed-quota names split has always offered
+    ROW_GROUP_ROWS,
+    SPLITS,
+    Cuts,
+    SplitWriters,
+    assign,
+    bucket_bits,
+    class_batches,
+    concat_pending,
+    find_cuts,
+    histogram_task,
+    key_histogram,
+    keyed_batches,
+    resolve_pending,
+    row_identity,
+    row_keys,
+    task_name,
+)
 
-SPLITS = ("train", "val", "test")
-ROW_GROUP_ROWS = 1 << 20
+STREAM = "split"  # the key stream of the split pass
 MANIFEST = "_manifest.json"
 
 
@@ -85,173 +99,7 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# per-row keys
-
-
-def bucket_bits(num_classes: int) -> int:
-    """Histogram resolution: ~4M counters in all, 4 to 16 bits per class."""
-    return int(min(16, max(4, math.floor(math.log2((1 << 22) / max(num_classes, 1))))))
-
-
-def row_identity(table: pa.Table, cols: Columns) -> np.ndarray:
-    """The identity of every row: the hash of the id column, or of the row's input columns."""
-    return row_hash(table, [cols.id]) if cols.id else row_hash(table, cols.all)
-
-
-def row_keys(table: pa.Table, cols: Columns, seed: int, stream: str = "split") -> np.ndarray:
-    """The rank key of every row for a pass (``stream``): uniform, from (seed, row identity)."""
-    return seeded(row_identity(table, cols), seed, stream)
-
-
-def class_batches(
-    source: Source,
-    frag: Fragment,
-    cols: Columns,
-    schema: pa.Schema | None,
-    lm: LabelMap,
-    columns: list[str] | None = None,
-):
-    """Batches (``columns`` only, default all) with null labels dropped, and class indices."""
-    for table in iter_fragment(source, frag, columns, schema):
-        if table[cols.label].null_count:
-            table = table.filter(pc.is_valid(table[cols.label]))
-        if table.num_rows == 0:
-            continue
-        yield table, lm.encode(table[cols.label])
-
-
-def histogram_task(
-    source: Source,
-    frags: list[Fragment],
-    cols: Columns,
-    schema,
-    lm: LabelMap,
-    seed: int,
-    bits: int,
-    stream: str = "split",
-) -> np.ndarray:
-    """Per class, the number of rows whose key falls in each of 2^bits buckets (flattened)."""
-    hist = np.zeros(len(lm) << bits, dtype=np.int64)
-    for frag in frags:
-        # With an id column the keys need only the label and the id.
-        needed = [cols.label, cols.id] if cols.id else None
-        for table, cls in class_batches(source, frag, cols, schema, lm, needed):
-            bucket = (row_keys(table, cols, seed, stream) >> np.uint64(64 - bits)).astype(np.int64)
-            hist += np.bincount((cls << bits) | bucket, minlength=len(hist))
-    return hist
-
-
-@dataclass(frozen=True)
-class Cuts:
-    """Per class c and cut j (0: train|val, 1: val|test): a row is above cut j when its bucket is
-    >= ``above[c, j]``; it is pending when its bucket == ``pending[c, j]`` (-1: none)."""
-
-    bits: int
-    above: np.ndarray  # (K, 2) int64
-    pending: np.ndarray  # (K, 2) int64
-    ranks: np.ndarray  # (K, 2) int64: the cut ranks
-    before: np.ndarray  # (K, 2^B) int64: rows of the class in lower buckets
-
-
-def find_cuts(hist: np.ndarray, counts: np.ndarray, bits: int) -> Cuts:
-    """Locate the bucket of every cut rank from the per-class bucket histogram."""
-    k = len(counts)
-    h = hist.reshape(k, 1 << bits)
-    cum = np.cumsum(h, axis=1)
-    before = cum - h
-    ranks = np.stack([counts[:, 0], counts[:, 0] + counts[:, 1]], axis=1)
-    above = np.zeros((k, 2), dtype=np.int64)
-    pending = np.full((k, 2), -1, dtype=np.int64)
-    for c in range(k):
-        for j in range(2):
-            r = ranks[c, j]
-            b = int(np.searchsorted(cum[c], r, side="right"))
-            if b >= h.shape[1] or before[c, b] == r:
-                above[c, j] = b  # a clean cut at a bucket boundary
-            else:
-                above[c, j], pending[c, j] = b + 1, b
-    return Cuts(bits, above, pending, ranks, before)
-
-
-# --------------------------------------------------------------------------------------------
 # writing
-
-
-def task_name(frags: list[Fragment]) -> str:
-    """A file name that depends only on the task's input, so a retried task overwrites."""
-    text = "\n".join(f"{f.path}:{f.row_groups}" for f in frags)
-    return "part-" + hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-class SplitWriters:
-    """One streaming Parquet writer per split, each to a temporary name renamed on close.
-
-    Rows are buffered up to ``ROW_GROUP_ROWS`` per split so that files get full row groups
-    rather than one small group per input batch. Only the label column is dictionary-encoded:
-    trying it on free text and float features costs most of the write time and saves nothing.
-    """
-
-    def __init__(
-        self,
-        fs,
-        out_dir: str,
-        name: str,
-        schema: pa.Schema,
-        label: str,
-        splits: tuple[str, ...] = SPLITS,
-    ):
-        self.fs, self.out_dir, self.name, self.schema = fs, out_dir, name, schema
-        self.label, self.splits = label, splits
-        self.writers: dict[str, pq.ParquetWriter] = {}
-        self.buffers: dict[str, list[pa.Table]] = {s: [] for s in splits}
-        self.buffered: dict[str, int] = dict.fromkeys(splits, 0)
-
-    def write(self, split: str, table: pa.Table, where: str) -> None:
-        if table.num_rows == 0:
-            return
-        if not table.schema.equals(self.schema):
-            try:
-                table = table.select(self.schema.names).cast(self.schema)
-            except (pa.ArrowException, KeyError, ValueError) as e:
-                raise ValueError(
-                    f"{where} disagrees with the first file on the schema, and cannot be cast "
-                    f"to it ({e}); the first file has: "
-                    f"{self.schema.to_string(show_schema_metadata=False)}"
-                ) from None
-        self.buffers[split].append(table)
-        self.buffered[split] += table.num_rows
-        if self.buffered[split] >= ROW_GROUP_ROWS:
-            self._flush(split)
-
-    def _flush(self, split: str) -> None:
-        if not self.buffers[split]:
-            return
-        if split not in self.writers:
-            tmp = join(self.out_dir, split, f".{self.name}.tmp")
-            self.writers[split] = pq.ParquetWriter(
-                tmp, self.schema, filesystem=self.fs, use_dictionary=[self.label]
-            )
-        table = pa.concat_tables(self.buffers[split])
-        self.writers[split].write_table(table, row_group_size=ROW_GROUP_ROWS)
-        self.buffers[split], self.buffered[split] = [], 0
-
-    def close(self) -> None:
-        for split in self.splits:
-            self._flush(split)
-        for split, w in self.writers.items():
-            w.close()
-            self.fs.move(
-                join(self.out_dir, split, f".{self.name}.tmp"),
-                join(self.out_dir, split, f"{self.name}.parquet"),
-            )
-
-
-def assign(cls: np.ndarray, keys: np.ndarray, cuts: Cuts) -> tuple[np.ndarray, np.ndarray]:
-    """Split index (0 train, 1 val, 2 test) per row, and a mask of rows left for the driver."""
-    bucket = (keys >> np.uint64(64 - cuts.bits)).astype(np.int64)
-    split = (bucket >= cuts.above[cls, 0]).astype(np.int8) + (bucket >= cuts.above[cls, 1])
-    pend = (bucket == cuts.pending[cls, 0]) | (bucket == cuts.pending[cls, 1])
-    return split, pend
 
 
 def _write_task(
@@ -269,53 +117,16 @@ def _write_task(
     writers = SplitWriters(fs, out_dir, task_name(frags), out_schema, cols.label)
     written = np.zeros((3, len(lm)), dtype=np.int64)
     pending: list[pa.Table] = []
-    for frag in frags:
-        for table, cls in class_batches(source, frag, cols, schema, lm):
-            keys = row_keys(table, cols, seed)
-            split, pend = assign(cls, keys, cuts)
-            if pend.any():
-                extra = {"__cls": cls[pend], "__key": keys[pend]}
-                pt = table.filter(pa.array(pend))
-                for name, v in extra.items():
-                    pt = pt.append_column(name, pa.array(v))
-                pending.append(pt)
-            for s, name in enumerate(SPLITS):
-                mask = (split == s) & ~pend
-                if mask.any():
-                    writers.write(name, table.filter(pa.array(mask)), frag.path)
-                    written[s] += np.bincount(cls[mask], minlength=len(lm))
+    for frag, b in keyed_batches(source, frags, cols, schema, lm, seed, cuts, STREAM):
+        if b.pend.any():
+            pending.append(b.pending())
+        for s, name in enumerate(SPLITS):
+            mask = (b.side == s) & ~b.pend
+            if mask.any():
+                writers.write(name, b.table.filter(pa.array(mask)), frag.path)
+                written[s] += np.bincount(b.cls[mask], minlength=len(lm))
     writers.close()
-    return written, (pa.concat_tables(pending, promote_options="permissive") if pending else None)
-
-
-def resolve_pending(pending: pa.Table, cuts: Cuts) -> np.ndarray:
-    """Split index of each pending row: exact ranks inside its cut bucket."""
-    cls = pending["__cls"].to_numpy()
-    keys = pending["__key"].to_numpy()
-    order = np.lexsort((keys, cls))
-    ties = np.r_[False, (keys[order][1:] == keys[order][:-1]) & (cls[order][1:] == cls[order][:-1])]
-    if ties.any():
-        # Equal keys: equal rows (any order gives the same output) or rows sharing an id. The
-        # content hash orders the latter the same way in every run.
-        try:
-            content = row_hash(pending.drop_columns(["__cls", "__key"]))
-        except ValueError:
-            raise ValueError(
-                f"{int(ties.sum())} rows share their id with another row of the same class; "
-                "the values of data.id must be unique"
-            ) from None
-        order = np.lexsort((content, keys, cls))  # by class, then key, then content
-    cls_s, keys_s = cls[order], keys[order]
-    bucket = (keys_s >> np.uint64(64 - cuts.bits)).astype(np.int64)
-    # rank = rows of the class in lower buckets + position inside (class, bucket)
-    group_start = np.r_[True, (cls_s[1:] != cls_s[:-1]) | (bucket[1:] != bucket[:-1])]
-    idx = np.arange(len(order))
-    first = np.maximum.accumulate(np.where(group_start, idx, 0))
-    rank = cuts.before[cls_s, bucket] + (idx - first)
-    split_sorted = (rank >= cuts.ranks[cls_s, 0]).astype(np.int8) + (rank >= cuts.ranks[cls_s, 1])
-    split = np.empty_like(split_sorted)
-    split[order] = split_sorted
-    return split
+    return written, concat_pending(pending)
 
 
 @dataclass(frozen=True)
@@ -360,11 +171,9 @@ def split(
     read_schema = schema if source.format != "parquet" else None
     n = np.array([class_counts[v] for v in label_map.labels], dtype=np.int64)
     target = np.array([split_counts(int(x), spec.val, spec.test) for x in n], dtype=np.int64)
-    bits = bucket_bits(len(label_map))
-    hist_task = functools.partial(
-        histogram_task, cols=cols, schema=read_schema, lm=label_map, seed=spec.seed, bits=bits
+    hist, bits = key_histogram(
+        source, cols, read_schema, label_map, spec.seed, STREAM, "split: key histogram"
     )
-    hist = sum(run_fragments(source, hist_task, description="split: key histogram"))
     if not np.array_equal(hist.reshape(len(n), -1).sum(axis=1), n):
         raise RuntimeError(
             f"{source.path} changed between passes: the class counts differ from the stats pass "
@@ -389,24 +198,7 @@ def split(
             out_schema=schema,
         )
         parts = run_fragments(source, write_task, description="split: write")
-        written = sum(p[0] for p in parts)
-        pend_tables = [p[1] for p in parts if p[1] is not None]
-        pending_rows = 0
-        if pend_tables:
-            pending = pa.concat_tables(pend_tables, promote_options="permissive")
-            pending_rows = pending.num_rows
-            which = resolve_pending(pending, cuts)
-            cls = pending["__cls"].to_numpy()
-            body = pending.drop_columns(["__cls", "__key"]).select(schema.names).cast(schema)
-            for s, name in enumerate(SPLITS):
-                mask = which == s
-                if mask.any():
-                    pq.write_table(
-                        body.filter(pa.array(mask)),
-                        join(tmp, name, "part-pending.parquet"),
-                        filesystem=fs,
-                    )
-                    written[s] += np.bincount(cls[mask], minlength=len(n))
+        written, pending_rows = _write_pending(parts, cuts, schema, fs, tmp, len(n))
         if not np.array_equal(written.T, target):
             raise RuntimeError(
                 f"split of {source.path} wrote {written.sum(axis=1).tolist()} rows per split, "
@@ -417,16 +209,7 @@ def split(
             name: dict(zip(label_map.keys, (int(x) for x in target[:, s])))
             for s, name in enumerate(SPLITS)
         }
-        manifest = {
-            "seed": spec.seed,
-            "fractions": {"train": 1 - spec.val - spec.test, "val": spec.val, "test": spec.test},
-            "identity": f"column {cols.id!r}" if cols.id else "hash of every column",
-            "source": source.path,
-            "rows": {name: int(target[:, s].sum()) for s, name in enumerate(SPLITS)},
-            "counts": counts,
-            "run": uuid.uuid4().hex,
-            **(extra_manifest or {}),
-        }
+        manifest = _manifest(spec, cols, source, target, counts, extra_manifest)
         write_json_atomic(join(tmp, MANIFEST), manifest, fs)
         replace_dir(fs, tmp, final)
     except BaseException:
@@ -434,6 +217,42 @@ def split(
             fs.delete_dir(tmp)
         raise
     return SplitResult(out_dir, counts, split_warnings(label_map, target, spec), pending_rows)
+
+
+def _write_pending(parts, cuts, schema: pa.Schema, fs, tmp: str, k: int):
+    """The rows whose keys fell on a cut, placed exactly and written as ``part-pending``
+    files; returns (rows written per split and class, pending rows)."""
+    written = sum(p[0] for p in parts)
+    pend_tables = [p[1] for p in parts if p[1] is not None]
+    if not pend_tables:
+        return written, 0
+    pending = pa.concat_tables(pend_tables, promote_options="permissive")
+    which = resolve_pending(pending, cuts)
+    cls = pending["__cls"].to_numpy()
+    body = pending.drop_columns(["__cls", "__key"]).select(schema.names).cast(schema)
+    for s, name in enumerate(SPLITS):
+        mask = which == s
+        if mask.any():
+            pq.write_table(
+                body.filter(pa.array(mask)),
+                join(tmp, name, "part-pending.parquet"),
+                filesystem=fs,
+            )
+            written[s] += np.bincount(cls[mask], minlength=k)
+    return written, pending.num_rows
+
+
+def _manifest(spec: SplitSpec, cols: Columns, source: Source, target, counts, extra):
+    return {
+        "seed": spec.seed,
+        "fractions": {"train": 1 - spec.val - spec.test, "val": spec.val, "test": spec.test},
+        "identity": f"column {cols.id!r}" if cols.id else "hash of every column",
+        "source": source.path,
+        "rows": {name: int(target[:, s].sum()) for s, name in enumerate(SPLITS)},
+        "counts": counts,
+        "run": uuid.uuid4().hex,
+        **(extra or {}),
+    }
 
 
 def _ensure_schema_files(fs, tmp: str, schema: pa.Schema) -> None:

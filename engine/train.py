@@ -25,13 +25,16 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from engine import rundir
 from engine.config import (
+    SMOTE_METHODS,
     DataSpec,
     JobSpec,
     LossSpec,
@@ -40,6 +43,7 @@ from engine.config import (
     StatsSpec,
     TrainSpec,
     build_section,
+    model_data,
 )
 from engine.data import (
     ROW,
@@ -50,7 +54,7 @@ from engine.data import (
     resolve_columns,
     resolve_source,
 )
-from engine.io import join, local_dir, read_json
+from engine.io import join, local_dir, write_json_atomic
 from engine.lexical import (
     LazyAdamW,
     LexicalClassifier,
@@ -66,44 +70,16 @@ from engine.models import (
     logits_of,
     save_model,
     standardization,
+    tokenize,
 )
-from engine.prepare import PREPARE_SECTIONS, model_data, split_dir
-from engine.resample import SMOTE_METHODS
-from engine.split import read_manifest
+from engine.rundir import RunDir
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
 
-TRAIN_DIR = "train"
-
 
 # --------------------------------------------------------------------------------------------
 # inputs: a Ray Data stage
-
-
-def _tokenize(batch: dict[str, np.ndarray], text: str, path: str, max_length: int) -> dict:
-    tok = _tokenizer(path)
-    enc = tok(
-        [str(t) for t in batch[text]],
-        padding="max_length",
-        truncation=True,
-        max_length=max_length,
-        return_tensors="np",
-    )
-    return {
-        "input_ids": enc["input_ids"].astype(np.int32),
-        "attention_mask": enc["attention_mask"].astype(np.int8),
-    }
-
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenizer(path: str):
-    """One tokenizer per Ray worker process, loaded on first use."""
-    if path not in _TOKENIZERS:
-        _TOKENIZERS[path] = load_tokenizer(ModelSpec(path=path))
-    return _TOKENIZERS[path]
 
 
 def _to_inputs(batch, cols: Columns, model: ModelSpec, label_map: LabelMap, vectorizer=None):
@@ -116,7 +92,7 @@ def _to_inputs(batch, cols: Columns, model: ModelSpec, label_map: LabelMap, vect
         idx, val = vectorizer.transform(batch[cols.text])
         out = {"lex_idx": idx.astype(np.int32), "lex_val": val}  # int32: half the memory
     else:
-        out = _tokenize(batch, cols.text, model.path, model.max_length)
+        out = tokenize(batch, cols.text, model.path, model.max_length)
     out["label"] = labels
     if ROW in batch:  # the row's place in its source (an ordered read)
         out[ROW] = np.asarray(batch[ROW])
@@ -149,7 +125,7 @@ def preprocess(ds, cols: Columns, model: ModelSpec, label_map: LabelMap, vectori
     )
 
 
-def _materialize(ds) -> dict[str, np.ndarray]:
+def materialize(ds) -> dict[str, np.ndarray]:
     """A (small) preprocessed dataset as numpy arrays on the driver, in source order when its
     rows carry their places (``ROW``, an ordered read)."""
     parts: dict[str, list[np.ndarray]] = {}
@@ -277,23 +253,37 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _worker_loop(config: dict[str, Any]) -> None:
+@dataclass
+class _Loop:
+    """What one worker trains with: the specs, the model (``core`` without its DDP wrapper),
+    the loss, the optimizer and its schedule."""
+
+    train: TrainSpec
+    label_map: LabelMap
+    counts: np.ndarray
+    device: torch.device
+    rank: int
+    world: int
+    model: torch.nn.Module
+    core: torch.nn.Module
+    loss_fn: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    optimizer: Any = None
+    scheduler: Any = None
+
+
+def _build_loop(config: dict[str, Any]) -> _Loop:
+    """The model (prepared for DDP), its loss and the worker's place, from the loop config."""
     import ray
     import ray.train
     import ray.train.torch
 
-    from engine.sampling import StreamBalancer, balanced_loader
-
     train = build_section(TrainSpec, config["train"])
     model_spec = build_section(ModelSpec, config["model"])
-    loss_spec = build_section(LossSpec, config["loss"])
-    sampler = build_section(SamplerSpec, config["sampler"])
     label_map = LabelMap.from_json(config["label_map"])
     counts = np.asarray(config["class_counts"], dtype=np.int64)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-
     if model_spec.kind == "lexical" and device.type == "cpu":
         # A lexical step is a few small sparse ops: intra-op threads only add synchronization
         # (measured on 2 busy cores: 64 steps/s with 1 thread, 9 with 2).
@@ -305,171 +295,225 @@ def _worker_loop(config: dict[str, Any]) -> None:
     if config.get("standardization"):  # before DDP: every replica starts from the same buffers
         model.set_standardization(*config["standardization"])
     model = ray.train.torch.prepare_model(model)
-    core = getattr(model, "module", model)
-    weights = config["loss_weights"]
-    loss_fn = loss_from_spec(loss_spec, counts.tolist(), weights, train.epochs).to(device)
+    loss_spec = build_section(LossSpec, config["loss"])
+    loss_fn = loss_from_spec(loss_spec, counts.tolist(), config["loss_weights"], train.epochs)
+    return _Loop(
+        train=train,
+        label_map=label_map,
+        counts=counts,
+        device=device,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        model=model,
+        core=getattr(model, "module", model),
+        loss_fn=loss_fn.to(device),
+        params=[p for p in model.parameters() if p.requires_grad],
+    )
+
+
+def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop):
+    """Map mode: the worker's loader over the materialized rows (balanced, or a
+    ``DistributedSampler`` shuffle)."""
+    from engine.sampling import balanced_loader
+
+    train, dataset = loop.train, _ArrayDataset(arrays)
+    if sampler.kind == "balanced":
+        return balanced_loader(
+            dataset,
+            arrays["label"],
+            train.batch_size,
+            power=sampler.power,
+            seed=train.seed,
+            collate_fn=_identity,
+        )
+    dist = torch.utils.data.distributed.DistributedSampler(
+        dataset, num_replicas=loop.world, rank=loop.rank, shuffle=True, seed=train.seed
+    )
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=train.batch_size, sampler=dist, collate_fn=_identity
+    )
+
+
+def _stream_balancer(sampler: SamplerSpec, loop: _Loop, steps: int):
+    """Stream mode with a balanced sampler: the buffer that draws each batch's class mix."""
+    from engine.sampling import StreamBalancer
+
+    if sampler.kind != "balanced":
+        return None
+    return StreamBalancer(
+        loop.counts.tolist(),
+        loop.train.batch_size,
+        power=sampler.power,
+        seed=loop.train.seed,
+        rank=loop.rank,
+        world_size=loop.world,
+        steps_per_epoch=steps,
+        buffer_rows=sampler.buffer_rows,
+    )
+
+
+def _epoch_batches(config: dict[str, Any], sampler: SamplerSpec, loop: _Loop):
+    """(steps per epoch, epoch -> the worker's batches of that epoch)."""
+    import ray
+    import ray.train
 
     # batches per epoch, equal on every worker (DDP needs equal step counts)
-    n_train = int(counts.sum())
-    steps = math.ceil(n_train / (world * train.batch_size))
-    stream = sampler.mode == "stream"
-    if not stream:
-        arrays = ray.get(config["train_ref"])
-        dataset = _ArrayDataset(arrays)
-        if sampler.kind == "balanced":
-            loader = balanced_loader(
-                dataset,
-                arrays["label"],
-                train.batch_size,
-                power=sampler.power,
-                seed=train.seed,
-                collate_fn=_identity,
-            )
-        else:
-            dist = torch.utils.data.distributed.DistributedSampler(
-                dataset, num_replicas=world, rank=rank, shuffle=True, seed=train.seed
-            )
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=train.batch_size, sampler=dist, collate_fn=_identity
-            )
-        steps = len(loader)
-    else:
+    steps = math.ceil(int(loop.counts.sum()) / (loop.world * loop.train.batch_size))
+    if sampler.mode == "stream":
         shard = ray.train.get_dataset_shard("train")
-        balancer = (
-            StreamBalancer(
-                counts.tolist(),
-                train.batch_size,
-                power=sampler.power,
-                seed=train.seed,
-                rank=rank,
-                world_size=world,
-                steps_per_epoch=steps,
-                buffer_rows=sampler.buffer_rows,
-            )
-            if sampler.kind == "balanced"
-            else None
-        )
-    val_arrays = ray.get(config["val_ref"]) if rank == 0 else None
+        balancer = _stream_balancer(sampler, loop, steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(core, LexicalClassifier):  # its bag has sparse gradients
-        optimizer = LazyAdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        def stream_epoch(epoch: int):
+            it = shard.iter_batches(batch_size=loop.train.batch_size, batch_format="numpy")
+            return balancer.epoch(epoch, it) if balancer is not None else it
+
+        return steps, stream_epoch
+    loader = _map_loader(ray.get(config["train_ref"]), sampler, loop)
+
+    def map_epoch(epoch: int):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        return loader
+
+    return len(loader), map_epoch
+
+
+def _add_optimizer(loop: _Loop, steps: int) -> None:
+    """AdamW (lazy and sparse for the lexical bag) with linear warmup and decay."""
+    train = loop.train
+    if isinstance(loop.core, LexicalClassifier):  # its bag has sparse gradients
+        loop.optimizer = LazyAdamW(loop.params, lr=train.lr, weight_decay=train.weight_decay)
     else:
-        optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        loop.optimizer = torch.optim.AdamW(
+            loop.params, lr=train.lr, weight_decay=train.weight_decay
+        )
     total = max(1, train.epochs * math.ceil(steps / train.grad_accum))
     warmup = int(train.warmup_ratio * total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+    loop.scheduler = torch.optim.lr_scheduler.LambdaLR(loop.optimizer, _lr_lambda(warmup, total))
 
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        from safetensors.torch import load_file
 
-        with checkpoint.as_directory() as d:
-            if os.path.isdir(os.path.join(d, "train_state")):
-                state = load_state(os.path.join(d, "train_state"))
-            else:  # a checkpoint of an earlier version: tensors only, no code is unpickled
-                state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
-            core.load_state_dict(load_file(os.path.join(d, "model", "model.safetensors")))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            with open(os.path.join(d, "history.json")) as f:
-                history = json.load(f)
-        start_epoch = len(history)
+def _restore(loop: _Loop, checkpoint) -> list[dict[str, Any]]:
+    """Model, optimizer and schedule from a checkpoint of this loop; returns its history."""
+    from safetensors.torch import load_file
 
+    with checkpoint.as_directory() as d:
+        state = load_state(os.path.join(d, "train_state"))
+        loop.core.load_state_dict(load_file(os.path.join(d, "model", "model.safetensors")))
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.scheduler.load_state_dict(state["scheduler"])
+        with open(os.path.join(d, "history.json")) as f:
+            return json.load(f)
+
+
+def _optimizer_step(loop: _Loop) -> None:
+    if loop.train.grad_clip is not None:
+        clip_grad_norm(loop.params, loop.train.grad_clip)
+    loop.optimizer.step()
+    loop.scheduler.step()
+    loop.optimizer.zero_grad(set_to_none=True)
+
+
+def _train_epoch(loop: _Loop, epoch: int, batches, step_hook=None) -> dict[str, Any]:
+    """One pass over ``batches``; returns the epoch's row (loss, steps, throughput, lr).
+    ``step_hook(epoch, step, rank)`` runs before each step (tests inject faults with it)."""
+    train, device = loop.train, loop.device
     use_amp = device.type == "cuda"
-    fault = config.get("fault")
-    for epoch in range(start_epoch, train.epochs):
-        loss_fn.set_epoch(epoch)
-        if stream:
-            it = shard.iter_batches(batch_size=train.batch_size, batch_format="numpy")
-            batches = balancer.epoch(epoch, it) if balancer is not None else it
-        else:
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            batches = loader
-        model.train()
-        t0, seen, n_steps = time.perf_counter(), 0, 0
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-        optimizer.zero_grad(set_to_none=True)
-        for step, raw in enumerate(batches):
-            if (
-                fault
-                and epoch == fault["epoch"]
-                and step == fault["step"]
-                and rank == fault["rank"]
-            ):
-                if not os.path.exists(fault["marker"]):
-                    with open(fault["marker"], "w") as f:
-                        f.write(f"worker {rank} exited at epoch {epoch} step {step}\n")
-                    os._exit(1)
-            batch = _to_device(raw, device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = logits_of(model, batch)
-            loss = loss_fn(logits.float(), batch["label"]) / train.grad_accum
-            loss.backward()
-            if (step + 1) % train.grad_accum == 0:
-                if train.grad_clip is not None:
-                    clip_grad_norm(params, train.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * train.grad_accum
-            seen += len(batch["label"])
-            n_steps += 1
-        if n_steps % train.grad_accum:
-            if train.grad_clip is not None:
-                clip_grad_norm(params, train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": float(loss_sum) / max(n_steps, 1),
-            "steps": n_steps,
-            "samples_per_s": seen * world / max(elapsed, 1e-9),
-            "lr": scheduler.get_last_lr()[0],
-        }
-        ckpt = None
-        if rank == 0:
-            m, val_loss = _evaluate(
-                core,
-                val_arrays,
-                train.eval_batch_size,
-                device,
-                minority=int(np.argmin(counts)),
-                floor=train.precision_floor,
-            )
-            row.update(
-                val_loss=val_loss,
-                val_macro_f1=m["macro_f1"],
-                val_balanced_accuracy=m["balanced_accuracy"],
-                val_macro_pr_auc=m["macro_pr_auc"],
-                val_minority_recall=m["minority_recall"],
-                val_recall={label_map.keys[c]: v["recall"] for c, v in m["per_class"].items()},
-            )
-            history.append(row)
-            tmp = tempfile.mkdtemp(prefix="rb-ckpt-")
-            save_model(core, os.path.join(tmp, "model"), label_map)
-            save_state(  # safetensors + JSON: the checkpoint holds no pickle
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                os.path.join(tmp, "train_state"),
-            )
-            with open(os.path.join(tmp, "history.json"), "w") as f:
-                json.dump(history, f)
-            ckpt = ray.train.Checkpoint.from_directory(tmp)
+    loop.loss_fn.set_epoch(epoch)
+    loop.model.train()
+    t0, seen, n_steps = time.perf_counter(), 0, 0
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    loop.optimizer.zero_grad(set_to_none=True)
+    for step, raw in enumerate(batches):
+        if step_hook is not None:
+            step_hook(epoch, step, loop.rank)
+        batch = _to_device(raw, device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = logits_of(loop.model, batch)
+        loss = loop.loss_fn(logits.float(), batch["label"]) / train.grad_accum
+        loss.backward()
+        if (step + 1) % train.grad_accum == 0:
+            _optimizer_step(loop)
+        loss_sum += loss.detach() * train.grad_accum
+        seen += len(batch["label"])
+        n_steps += 1
+    if n_steps % train.grad_accum:
+        _optimizer_step(loop)
+    elapsed = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "train_loss": float(loss_sum) / max(n_steps, 1),
+        "steps": n_steps,
+        "samples_per_s": seen * loop.world / max(elapsed, 1e-9),
+        "lr": loop.scheduler.get_last_lr()[0],
+    }
+
+
+def _validate(loop: _Loop, val_arrays: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+    """The val metrics of the epoch, added to its ``row`` (rank 0)."""
+    m, val_loss = _evaluate(
+        loop.core,
+        val_arrays,
+        loop.train.eval_batch_size,
+        loop.device,
+        minority=int(np.argmin(loop.counts)),
+        floor=loop.train.precision_floor,
+    )
+    keys = loop.label_map.keys
+    row.update(
+        val_loss=val_loss,
+        val_macro_f1=m["macro_f1"],
+        val_balanced_accuracy=m["balanced_accuracy"],
+        val_macro_pr_auc=m["macro_pr_auc"],
+        val_minority_recall=m["minority_recall"],
+        val_recall={keys[c]: v["recall"] for c, v in m["per_class"].items()},
+    )
+
+
+def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]]) -> str:
+    """A temporary folder with the model, the optimizer state and the history (safetensors +
+    JSON: a checkpoint holds no pickle)."""
+    tmp = tempfile.mkdtemp(prefix="rb-ckpt-")
+    save_model(loop.core, os.path.join(tmp, "model"), loop.label_map)
+    save_state(
+        {"optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict()},
+        os.path.join(tmp, "train_state"),
+    )
+    with open(os.path.join(tmp, "history.json"), "w") as f:
+        json.dump(history, f)
+    return tmp
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: build, restore, then epochs of train → validate →
+    checkpoint (rank 0) → report."""
+    import ray
+    import ray.train
+
+    loop = _build_loop(config)
+    sampler = build_section(SamplerSpec, config["sampler"])
+    steps, batches_of = _epoch_batches(config, sampler, loop)
+    _add_optimizer(loop, steps)
+    val_arrays = ray.get(config["val_ref"]) if loop.rank == 0 else None
+    checkpoint = ray.train.get_checkpoint()
+    history = _restore(loop, checkpoint) if checkpoint is not None else []
+    train = loop.train
+    for epoch in range(len(history), train.epochs):
+        row = _train_epoch(loop, epoch, batches_of(epoch), config.get("step_hook"))
+        history.append(row)
+        tmp = None
+        if loop.rank == 0:
+            _validate(loop, val_arrays, row)
+            tmp = _checkpoint_dir(loop, history)
             print(
                 f"[raybalance] epoch {epoch + 1}/{train.epochs}  loss {row['train_loss']:.4f}  "
                 f"{row['samples_per_s']:.0f} samples/s  val macro-F1 {row['val_macro_f1']:.4f}  "
                 f"balanced acc {row['val_balanced_accuracy']:.4f}",
                 flush=True,
             )
-        else:
-            history.append(row)
         report = {k: v for k, v in row.items() if k != "val_recall"}
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if tmp is not None else None
         ray.train.report(report, checkpoint=ckpt)
-        if ckpt is not None:
+        if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -516,15 +560,13 @@ def input_data(spec: JobSpec) -> DataSpec:
     return spec.data
 
 
-def train_source(run_dir: str, keys: list[str], manifest: dict[str, Any]):
-    """The resampled train split when a complete one exists (its ``stats.json`` is written
-    last), else the plain train split; with the class counts of the one chosen."""
-    resampled = join(run_dir, "resampled")
-    if os.path.exists(join(resampled, "stats.json")):
-        counts = read_json(join(resampled, "stats.json"))["counts"]
-        return resolve_source(join(resampled, "train")), np.array([counts[k] for k in keys])
-    counts = manifest["counts"]["train"]
-    return resolve_source(split_dir(run_dir, "train")), np.array([counts[k] for k in keys])
+def train_source(run: RunDir, keys: list[str]):
+    """The resampled train split when a complete one exists, else the plain train split; with
+    the class counts of the one chosen."""
+    counts = run.resampled_counts(keys)
+    if counts is not None:
+        return resolve_source(run.resampled_train), counts
+    return resolve_source(run.model_split("train")), run.class_counts("train", keys)
 
 
 def _moments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -549,7 +591,7 @@ def fit(
     spec: JobSpec,
     *,
     overwrite: bool = False,
-    fault: dict[str, Any] | None = None,
+    step_hook: Callable[[int, int, int], None] | None = None,
     out_dir: str | None = None,
     callbacks: list[Any] | None = None,
     train_data: tuple[Any, np.ndarray] | None = None,
@@ -559,63 +601,56 @@ def fit(
     Writes ``out_dir`` (default ``RUN_DIR/train``): ``best/``, ``metrics.json``, ``ray/``.
     ``callbacks`` are added to the trainer's ``RunConfig`` (a Tune trial passes
     ``TuneReportCallback``); ``train_data`` = (Source, class counts) replaces the run's train
-    split (a trial with its own resampling). ``fault`` (tests only): ``{"epoch", "step", "rank",
-    "marker"}`` makes that worker exit once.
+    split (a trial with its own resampling). ``step_hook(epoch, step, rank)`` runs in every
+    worker before each step (tests inject faults with it; it is shipped to the workers).
     """
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    run_dir = local_dir(spec.run_dir, "training")
-    manifest = read_manifest(join(run_dir, "splits"))
-    if manifest is None:
-        raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
-    owner = read_json(join(run_dir, "run.json"))
-    stale = [s for s in PREPARE_SECTIONS if owner["spec"].get(s) != asdict(getattr(spec, s))]
-    if stale:
+    run = RunDir(local_dir(spec.run_dir, "training"))
+    run.check_prepared_with(spec)
+    if run.require_splits()["rows"]["val"] == 0:
         raise ValueError(
-            f"the splits in {run_dir} were prepared with another {', '.join(stale)} spec; run "
-            "`raybalance prepare --overwrite` with this spec first, or use another run_dir"
+            "training evaluates on val every epoch: set split.val > 0 and prepare again"
         )
-    label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
-    out = os.path.abspath(out_dir) if out_dir else join(run_dir, TRAIN_DIR)
-    if os.path.exists(join(out, "metrics.json")):
+    out = os.path.abspath(out_dir) if out_dir else run.train
+    if os.path.exists(join(out, rundir.METRICS)):
         if not overwrite:
             raise ValueError(
                 f"{out} holds a finished training run; pass --overwrite to train again"
             )
         shutil.rmtree(out)
+    config, datasets = loop_inputs(spec, run, train_data)
+    config["step_hook"] = step_hook
+    result = _trainer(spec, out, config, datasets, callbacks).fit()
+    if result.error is not None:
+        raise result.error
+    best_dir, history, best = export_best(result, spec, out)
+    return TrainResult(run.path, best_dir, history, best)
 
-    data: DataSpec = input_data(spec)
+
+def loop_inputs(
+    spec: JobSpec, run: RunDir, train_data: tuple[Any, np.ndarray] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The per-worker loop's config (train and val rows materialized in source order and put
+    in the object store, outside stream mode) and the trainer's datasets (stream mode)."""
+    import ray
+
+    label_map = run.label_map()
     keys = label_map.keys
-    source, counts = train_data if train_data else train_source(run_dir, keys, manifest)
-    cols = resolve_columns(read_schema(source), data, where=source.files[0])
-    if manifest["rows"]["val"] == 0:
-        raise ValueError(
-            "training evaluates on val every epoch: set split.val > 0 and prepare again"
-        )
-
+    source, counts = train_data if train_data else train_source(run, keys)
+    cols = resolve_columns(read_schema(source), input_data(spec), where=source.files[0])
     vectorizer = None
     if spec.model.kind == "lexical":  # idf from the rows it trains on (resampled, if so)
         vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(spec.model))
-    # Materialized rows in file order: the same seed draws the same batches in every run
-    # (Ray Data's read order varies with load). A stream stays unordered, for throughput.
+    # Materialized rows in source order: the same seed draws the same batches in every run.
+    # A stream stays unordered, for throughput.
     stream = spec.sampler.mode == "stream"
     train_ds = preprocess(
         read_dataset(source, ordered=not stream), cols, spec.model, label_map, vectorizer
     )
-    val_source = resolve_source(split_dir(run_dir, "val"))
-    val_ds = preprocess(
-        read_dataset(val_source, ordered=True), cols, spec.model, label_map, vectorizer
+    val_source = resolve_source(run.model_split("val"))
+    val_arrays = materialize(
+        preprocess(read_dataset(val_source, ordered=True), cols, spec.model, label_map, vectorizer)
     )
-    val_arrays = _materialize(val_ds)
-    input_dim = int(val_arrays["features"].shape[1]) if spec.model.kind == "mlp" else None
-    model_spec = spec.model
-    if spec.model.kind == "mlp":
-        on = spec.model.standardize
-        if on is None:  # tabular columns vary in scale; embeddings come normalized
-            on = spec.data.features is not None
-        model_spec = replace(spec.model, standardize=on)
+    model_spec = _resolved_model(spec)
     config: dict[str, Any] = {
         "train": asdict(spec.train),
         "model": asdict(model_spec),
@@ -624,17 +659,12 @@ def fit(
         "label_map": label_map.to_json(),
         "class_counts": counts.tolist(),
         "loss_weights": _class_weights(spec.loss, spec.stats, counts, keys),
-        "input_dim": input_dim,
+        "input_dim": int(val_arrays["features"].shape[1]) if model_spec.kind == "mlp" else None,
         "val_ref": ray.put(val_arrays),
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
-        "fault": fault,
     }
-    datasets = {}
-    train_arrays = None
-    if stream:
-        datasets["train"] = train_ds
-    else:
-        train_arrays = _materialize(train_ds)
+    train_arrays = None if stream else materialize(train_ds)
+    if train_arrays is not None:
         config["train_ref"] = ray.put(train_arrays)
     if model_spec.kind == "mlp" and model_spec.standardize:
         if train_arrays is not None:
@@ -642,9 +672,23 @@ def fit(
             config["standardization"] = standardization(len(x), x.sum(0), (x * x).sum(0))
         else:
             config["standardization"] = feature_standardization(train_ds)
+    return config, ({"train": train_ds} if stream else {})
+
+
+def _resolved_model(spec: JobSpec) -> ModelSpec:
+    """``model.standardize`` null resolved: on for tabular features, off for embeddings (which
+    come normalized)."""
+    if spec.model.kind != "mlp" or spec.model.standardize is not None:
+        return spec.model
+    return replace(spec.model, standardize=spec.data.features is not None)
+
+
+def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callbacks):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
     metric = spec.train.metric
-    trainer = TorchTrainer(
+    return TorchTrainer(
         _worker_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
@@ -667,10 +711,12 @@ def fit(
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
 
+
+def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[str, Any]]:
+    """Copy the best checkpoint's model (with its tokenizer) to ``out/best`` and the history
+    to ``out/metrics.json`` (last: a finished run); returns (best dir, history, best metrics)."""
+    metric = spec.train.metric
     best_ckpt, best_metrics = max(
         result.best_checkpoints,
         key=lambda cm: -cm[1][metric] if metric == "val_loss" else cm[1][metric],
@@ -687,8 +733,5 @@ def fit(
         load_tokenizer(spec.model).save_pretrained(tmp_best)
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp_best, best_dir)
-    tmp_metrics = join(out, ".metrics.json.tmp")
-    with open(tmp_metrics, "w") as f:
-        json.dump(history, f, indent=2)
-    os.replace(tmp_metrics, join(out, "metrics.json"))
-    return TrainResult(run_dir, best_dir, history, best_metrics)
+    write_json_atomic(join(out, rundir.METRICS), history)
+    return best_dir, history, best_metrics

@@ -91,164 +91,39 @@ from typing import Any
 
 import numpy as np
 
-from engine.config import (
+from engine import rundir
+from engine.config import (  # noqa: F401 - the grammar, re-exported
+    FORMS,
+    LOSS_NAMES,
+    NOT_SEARCHABLE,
+    VAL_METRICS,
+    WEIGHT_POWER,
+    Dist,
     JobSpec,
-    LossSpec,
-    ModelSpec,
     ResampleSpec,
-    SamplerSpec,
     SpecError,
     TrainSpec,
     TuneSpec,
+    _is_scalar,
     build_section,
+    parse_dist,
+    parse_search_space,
+    search_space_error,
 )
+from engine.config import SEARCH_SECTIONS as SECTIONS
+from engine.rundir import RunDir
 
 log = logging.getLogger("raybalance")
 
-TUNE_DIR = "tune"
+TUNE_DIR = rundir.TUNE
+TRIALS = "trials"  # RUN_DIR/tune/trials/<trial id>/: each trial's fit output
+SEARCH_RECORD = "search.json"  # the spec and space a search was made from
+RESULTS_CSV = "results.csv"  # beside rundir.RESULTS
 EXPERIMENT = "tune"  # RunConfig(name=...): the experiment is RUN_DIR/tune/ray/tune
-METRICS = (
-    "val_macro_f1",
-    "val_balanced_accuracy",
-    "val_macro_pr_auc",
-    "val_minority_recall",
-    "val_loss",
-)
-FORMS = ("choice", "grid", "uniform", "loguniform", "randint")
-SECTIONS: dict[str, type] = {
-    "loss": LossSpec,
-    "sampler": SamplerSpec,
-    "train": TrainSpec,
-    "model": ModelSpec,
-    "resample": ResampleSpec,
-}
-WEIGHT_POWER = "loss.weight_power"
-NOT_SEARCHABLE = {
-    "train.epochs": "it is ASHA's budget (max_t); set train.epochs outside the search",
-    "train.num_workers": "it sizes the trials; set train.num_workers outside the search",
-    "train.use_gpu": "it sizes the trials; set train.use_gpu outside the search",
-    "train.cpus_per_worker": "it sizes the trials; set train.cpus_per_worker outside the search",
-    "train.metric": "trials keep their best epoch by tune.metric",
-    "train.precision_floor": "it defines the val_minority_recall metric; set it outside the search",
-}
+METRICS = VAL_METRICS
 SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
 TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
-LOSSES = ("ce", "weighted_ce", "focal", "logit_adjusted", "balanced_softmax", "ldam")
-
-
-# --------------------------------------------------------------------------------------------
-# the search-space grammar
-
-
-@dataclass(frozen=True)
-class Dist:
-    """One knob's distribution: ``form`` in FORMS or ``fixed``; ``args`` its values/bounds."""
-
-    form: str
-    args: tuple[Any, ...]
-
-
-def _is_scalar(v: Any) -> bool:
-    return v is None or isinstance(v, (bool, int, float, str))
-
-
-def _error(key: str, reason: str) -> SpecError:
-    return SpecError(f"search_space.{key}", reason)
-
-
-def _check_key(key: str) -> None:
-    if key == WEIGHT_POWER:
-        return
-    if key in NOT_SEARCHABLE:
-        raise _error(key, f"not searchable: {NOT_SEARCHABLE[key]}")
-    section, dot, name = key.partition(".")
-    if not dot or "." in name or section not in SECTIONS:
-        raise _error(
-            key,
-            f"unknown key; use <section>.<field> with a section in {list(SECTIONS)}, or "
-            f"{WEIGHT_POWER}",
-        )
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
-    if name not in names:
-        raise _error(key, f"unknown key; {SECTIONS[section].__name__} has: {', '.join(names)}")
-
-
-def _check_value(key: str, value: Any) -> None:
-    """Check ``value`` as the value of ``key`` by building its section with it."""
-    if key == WEIGHT_POWER:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise _error(key, f"the class-weight exponent must be a number >= 0, got {value!r}")
-        return
-    section, _, name = key.partition(".")
-    try:
-        build_section(SECTIONS[section], {name: value})
-    except SpecError as e:
-        hint = ""
-        if isinstance(value, dict) and len(value) == 1:
-            hint = f" (a distribution is one of {{{'|'.join(FORMS)}: [...]}})"
-        raise _error(key, f"{e.reason}{hint}") from None
-
-
-def parse_dist(key: str, value: Any) -> Dist | None:
-    """One search-space entry -> its ``Dist`` (None: drop the default knob)."""
-    _check_key(key)
-    if value is None:
-        return None
-    if not (isinstance(value, dict) and len(value) == 1 and next(iter(value)) in FORMS):
-        _check_value(key, value)
-        return Dist("fixed", (value,))
-    form, args = next(iter(value.items()))
-    if not isinstance(args, list) or not args:
-        raise _error(key, f"{form} takes a non-empty list, got {args!r}")
-    if form in ("choice", "grid"):
-        for v in args:
-            _check_value(key, v)
-        return Dist(form, tuple(args))
-    if len(args) != 2 or not all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
-    ):
-        raise _error(key, f"{form} takes [low, high] (two numbers), got {args!r}")
-    lo, hi = args
-    if form == "randint":
-        if not all(isinstance(a, int) for a in args) or hi <= lo:
-            raise _error(key, f"randint takes integers [low, high) with low < high, got {args}")
-        _check_value(key, lo)
-        _check_value(key, hi - 1)
-        return Dist(form, (lo, hi))
-    if not lo < hi:
-        raise _error(key, f"{form} needs low < high, got {args}")
-    if form == "loguniform" and lo <= 0:
-        raise _error(key, f"loguniform needs 0 < low, got {args}")
-    _check_value(key, float(lo))
-    _check_value(key, float(hi))
-    return Dist(form, (float(lo), float(hi)))
-
-
-def _flatten(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Dotted keys as they are; a bare section name holding a mapping is flattened one level."""
-    flat: dict[str, Any] = {}
-    for key, value in raw.items():
-        key = str(key)
-        if "." not in key and key in SECTIONS and isinstance(value, dict):
-            for name, v in value.items():
-                flat[f"{key}.{name}"] = v
-        else:
-            flat[key] = value
-    return flat
-
-
-def parse_search_space(raw: Mapping[str, Any] | None, *, tpe: bool = False) -> dict[str, Any]:
-    """``tune.search_space`` -> {dotted key: Dist or None}. Raises ``SpecError`` naming the key."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise SpecError("search_space", f"must be a mapping of dotted keys, got {raw!r}")
-    space = {key: parse_dist(key, value) for key, value in _flatten(raw).items()}
-    if tpe:
-        grids = [k for k, d in space.items() if d is not None and d.form == "grid"]
-        if grids:
-            raise _error(grids[0], "grid is not supported with scheduler tpe; use choice")
-    return space
+LOSSES = tuple(n for n in LOSS_NAMES if n != "class_balanced")  # searched by default
 
 
 def default_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
@@ -282,8 +157,7 @@ def usable_kinds(spec: JobSpec) -> tuple[str, ...]:
     ``data.text`` and rows with text (no SMOTE-family resampling); ``mlp`` needs
     ``data.features`` or embedded text (the run's own model an MLP, or SMOTE-family
     resampling)."""
-    from engine.prepare import needs_embedding
-    from engine.resample import SMOTE_METHODS
+    from engine.config import SMOTE_METHODS, needs_embedding
 
     kinds = []
     if spec.data.features or needs_embedding(spec):
@@ -302,7 +176,7 @@ def _adapt_kinds(spec: JobSpec, space: dict[str, Dist]) -> dict[str, Dist]:
     ok = usable_kinds(spec)
     kept = tuple(v for v in d.args if v in ok)
     if not kept:
-        raise _error(
+        raise search_space_error(
             "model.kind",
             f"none of {list(d.args)} can read this data (usable here: {list(ok)}; lexical and "
             "transformer need data.text, mlp needs data.features or embedded text)",
@@ -529,23 +403,19 @@ def trial_resources(
 def _trial_train_data(spec: JobSpec, resample_spec: ResampleSpec, out: str, keys: list[str]):
     """(Source, counts) of the train split resampled with the trial's own resample section,
     into ``out/resampled`` (reused when a complete one is there: a retried trial)."""
-    from engine.data import LabelMap, read_schema, resolve_columns, resolve_source
-    from engine.io import join, read_json
-    from engine.prepare import model_data, split_dir
+    from engine.config import model_data
+    from engine.data import read_schema, resolve_columns, resolve_source
     from engine.resample import resample
-    from engine.split import read_manifest
 
-    run_dir = spec.run_dir
-    plain = resolve_source(split_dir(run_dir, "train"))
-    manifest = read_manifest(join(run_dir, "splits"))
-    counts = manifest["counts"]["train"]
+    run = RunDir(spec.run_dir)
+    plain = resolve_source(run.model_split("train"))
+    counts = run.require_splits()["counts"]["train"]
     if resample_spec.method == "none":
         return plain, np.array([counts[k] for k in keys])
-    done = join(out, "resampled", "stats.json")
-    if not os.path.exists(done):
+    mine = RunDir(out)  # the trial's folder holds its own resampled/ as a run folder does
+    if mine.resampled_counts(keys) is None:
         import ray
 
-        label_map = LabelMap.from_json(read_json(join(run_dir, "label_map.json")))
         schema = read_schema(plain)
         cols = resolve_columns(schema, model_data(spec), where=plain.files[0])
         # Tune's trial placement group (0.01 CPU) captures the trial's child tasks; a task
@@ -555,17 +425,16 @@ def _trial_train_data(spec: JobSpec, resample_spec: ResampleSpec, out: str, keys
             task.remote(
                 plain,
                 cols,
-                label_map,
+                run.label_map(),
                 counts,
                 resample_spec,
-                join(out, "resampled"),
+                mine.resampled,
                 schema,
                 stats_spec=spec.stats,
                 stats_extra={"source": plain.path},
             )
         )
-    after = read_json(done)["counts"]
-    return resolve_source(join(out, "resampled", "train")), np.array([after[k] for k in keys])
+    return resolve_source(mine.resampled_train), mine.resampled_counts(keys)
 
 
 def _append_attempt(out: str, knobs: Mapping[str, Any]) -> None:
@@ -583,9 +452,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from engine.data import LabelMap
-    from engine.io import join, read_json
-    from engine.split import read_manifest
+    from engine.io import join
     from engine.train import fit, train_source
 
     # one progress bar per Ray Data execution of every trial drowns Tune's own progress
@@ -594,11 +461,12 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     dists = {k: Dist(form, tuple(args)) for k, (form, args) in space.items()}
     knobs = decode_knobs(config, dists)
     trial_id = tune.get_context().get_trial_id()
-    out = join(spec.run_dir, TUNE_DIR, "trials", trial_id)
+    run = RunDir(spec.run_dir)
+    out = join(run.tune, TRIALS, trial_id)
     os.makedirs(out, exist_ok=True)
     _append_attempt(out, knobs)
 
-    done = join(out, "metrics.json")
+    done = join(out, rundir.METRICS)
     if os.path.exists(done):
         # fit finished but Tune never recorded it (the search was interrupted): report again
         with open(done) as f:
@@ -606,7 +474,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
                 tune.report({k: v for k, v in row.items() if k != "val_recall"})
         return
 
-    keys = LabelMap.from_json(read_json(join(spec.run_dir, "label_map.json"))).keys
+    keys = run.label_map().keys
     resample_spec = build_section(
         ResampleSpec,
         {
@@ -619,8 +487,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
         train_data = _trial_train_data(spec, resample_spec, out, keys)
         counts = train_data[1]
     else:
-        manifest = read_manifest(join(spec.run_dir, "splits"))
-        counts = train_source(spec.run_dir, keys, manifest)[1]
+        counts = train_source(run, keys)[1]
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
@@ -697,7 +564,7 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
         values = trial_values(spec, knobs)
         trial_dir = os.path.join(trials_dir, trial_id)
         history: list[dict[str, Any]] = []
-        finished = os.path.join(trial_dir, "metrics.json")
+        finished = os.path.join(trial_dir, rundir.METRICS)
         df = result.metrics_dataframe
         if os.path.exists(finished):  # fit's own history: whole even across restarts
             with open(finished) as f:
@@ -757,14 +624,14 @@ def _write_results(table, tune_dir: str) -> str:
 
     from engine.io import write_atomic, write_parquet_atomic
 
-    path = os.path.join(tune_dir, "results.parquet")
+    path = os.path.join(tune_dir, rundir.RESULTS)
     csv_text = table.to_csv(index=False).encode()
 
     def write_csv(fs, tmp):
         with fs.open_output_stream(tmp) as f:
             f.write(csv_text)
 
-    write_atomic(os.path.join(tune_dir, "results.csv"), write_csv)
+    write_atomic(os.path.join(tune_dir, RESULTS_CSV), write_csv)
     write_parquet_atomic(path, pa.Table.from_pandas(table, preserve_index=False))
     return path
 
@@ -863,9 +730,7 @@ def _search_inputs(spec: JobSpec) -> tuple[JobSpec, dict[str, int], dict[str, Di
     Raises:
         ValueError: an unknown ``tune.metric`` or no prepared splits.
     """
-    from engine.data import LabelMap
-    from engine.io import join, local_dir, read_json
-    from engine.split import read_manifest
+    from engine.io import local_dir
     from engine.train import train_source
 
     if spec.tune.metric not in METRICS:
@@ -875,11 +740,9 @@ def _search_inputs(spec: JobSpec) -> tuple[JobSpec, dict[str, int], dict[str, Di
     if os.path.isdir(model.path) and not os.path.isabs(model.path):
         model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd
     spec = replace(spec, run_dir=run_dir, model=model)
-    manifest = read_manifest(join(run_dir, "splits"))
-    if manifest is None:
-        raise ValueError(f"{run_dir} has no complete splits: run `raybalance prepare` first")
-    keys = LabelMap.from_json(read_json(join(run_dir, "label_map.json"))).keys
-    counts = train_source(run_dir, keys, manifest)[1]
+    run = RunDir(run_dir)
+    run.require_splits()
+    counts = train_source(run, run.label_map().keys)[1]
     return spec, counts, resolve_search_space(spec, counts)
 
 
@@ -889,11 +752,45 @@ def finished_search_matches(spec: JobSpec) -> bool:
     from engine.io import join, read_json
 
     spec, _, space = _search_inputs(spec)
-    tune_dir = join(spec.run_dir, TUNE_DIR)
-    record = join(tune_dir, "search.json")
-    if not (os.path.exists(join(tune_dir, "results.parquet")) and os.path.exists(record)):
+    run = RunDir(spec.run_dir)
+    record = join(run.tune, SEARCH_RECORD)
+    if not (os.path.exists(run.tune_results) and os.path.exists(record)):
         return False
     return read_json(record) == _search_record(spec, space)
+
+
+def _clear_finished(tune_dir: str, overwrite: bool) -> None:
+    """Refuse a finished search without ``overwrite``; with it, clear the folder."""
+    if os.path.exists(os.path.join(tune_dir, rundir.RESULTS)):
+        if not overwrite:
+            raise ValueError(
+                f"{tune_dir} holds a finished search; pass --overwrite to search again"
+            )
+        shutil.rmtree(tune_dir)
+    elif overwrite and os.path.exists(tune_dir):
+        shutil.rmtree(tune_dir)
+
+
+def _check_restorable(tune_dir: str, experiment: str, record: dict[str, Any]) -> bool:
+    """Whether an interrupted search of this very spec and space can be resumed (another's is
+    refused); when none can, clear what a search that never saved its state left."""
+    from ray import tune
+
+    from engine.io import join, read_json, write_json_atomic
+
+    record_path = join(tune_dir, SEARCH_RECORD)
+    if tune.Tuner.can_restore(experiment):
+        if not os.path.exists(record_path) or read_json(record_path) != record:
+            raise ValueError(
+                f"{tune_dir} holds an interrupted search made with another spec; pass "
+                "--overwrite to start a new search"
+            )
+        return True
+    for stale in (experiment, join(tune_dir, TRIALS)):
+        if os.path.exists(stale):
+            shutil.rmtree(stale)
+    write_json_atomic(record_path, record)
+    return False
 
 
 def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
@@ -913,22 +810,12 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     import ray
     from ray import tune
 
-    from engine.io import join, read_json, write_json_atomic
+    from engine.io import join
 
     t = spec.tune
     spec, _, space = _search_inputs(spec)
-    run_dir = spec.run_dir
-    tune_dir = join(run_dir, TUNE_DIR)
-    results_path = join(tune_dir, "results.parquet")
-    if os.path.exists(results_path):
-        if not overwrite:
-            raise ValueError(
-                f"{tune_dir} holds a finished search; pass --overwrite to search again"
-            )
-        shutil.rmtree(tune_dir)
-    elif overwrite and os.path.exists(tune_dir):
-        shutil.rmtree(tune_dir)
-
+    tune_dir = RunDir(spec.run_dir).tune
+    _clear_finished(tune_dir, overwrite)
     check_trainer_cleanup()
     modes = space["sampler.mode"].args if "sampler.mode" in space else (spec.sampler.mode,)
     res = trial_resources(
@@ -940,25 +827,10 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     )
     train = replace(spec.train, cpus_per_worker=res.cpus_per_worker, metric=t.metric)
     job = asdict(replace(spec, train=train))
-    record = _search_record(spec, space)
-    record_path = join(tune_dir, "search.json")
     storage = join(tune_dir, "ray")
     experiment = join(storage, EXPERIMENT)
-    restore = tune.Tuner.can_restore(experiment)
-    if restore:
-        if not os.path.exists(record_path) or read_json(record_path) != record:
-            raise ValueError(
-                f"{tune_dir} holds an interrupted search made with another spec; pass "
-                "--overwrite to start a new search"
-            )
-    else:
-        # a search that never saved its state: nothing there can be resumed
-        for stale in (experiment, join(tune_dir, "trials")):
-            if os.path.exists(stale):
-                shutil.rmtree(stale)
-        write_json_atomic(record_path, record)
-    os.makedirs(join(tune_dir, "trials"), exist_ok=True)
-
+    restore = _check_restorable(tune_dir, experiment, _search_record(spec, space))
+    os.makedirs(join(tune_dir, TRIALS), exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial, job=job, space={k: [d.form, list(d.args)] for k, d in space.items()}
@@ -978,7 +850,7 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     else:
         tuner = new_tuner(trainable, t, spec.train.epochs, space, res.max_concurrent, storage)
     grid = tuner.fit()
-    table = results_table(grid, spec, space, join(tune_dir, "trials"))
+    table = results_table(grid, spec, space, join(tune_dir, TRIALS))
     path = _write_results(table, tune_dir)
     ok = table[table["status"] != "error"] if len(table) else table
     best = ok.iloc[0].to_dict() if len(ok) and pd.notna(ok.iloc[0][t.metric]) else None

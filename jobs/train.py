@@ -11,9 +11,10 @@ import sys
 
 from rich.table import Table
 
+from engine import rundir
 from engine.io import join
 from engine.prepare import prepare
-from engine.split import read_manifest
+from engine.rundir import RunDir
 from engine.train import fit
 from jobs.common import add_spec_args, console, init_ray, run_main, spec_from_args
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
     init_ray(args.address)
-    if read_manifest(join(spec.run_dir, "splits")) is None:
+    if RunDir(spec.run_dir).split_manifest() is None:
         console.print(f"no complete splits in {spec.run_dir}: running prepare first")
         prepare(spec)
     result = fit(spec, overwrite=args.overwrite)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(
         f"      best: {result.best_dir} ({spec.train.metric} {result.best[spec.train.metric]:.4f})"
     )
-    console.print(f"   metrics: {join(result.run_dir, 'train', 'metrics.json')}")
+    console.print(f"   metrics: {join(RunDir(result.run_dir).train, rundir.METRICS)}")
 
 
 if __name__ == "__main__":

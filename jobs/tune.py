@@ -14,9 +14,8 @@ import sys
 
 from rich.table import Table
 
-from engine.io import join
 from engine.prepare import prepare
-from engine.split import read_manifest
+from engine.rundir import RunDir
 from engine.tune import METRICS, search
 from jobs.common import add_spec_args, console, err, init_ray, run_main, spec_from_args
 
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
     init_ray_for_tune(args.address)
-    if read_manifest(join(spec.run_dir, "splits")) is None:
+    if RunDir(spec.run_dir).split_manifest() is None:
         console.print(f"no complete splits in {spec.run_dir}: running prepare first")
         prepare(spec)
     result = search(spec, overwrite=args.overwrite)

@@ -109,7 +109,7 @@ def test_order_is_a_property_of_the_rows_whatever_the_scheduler_does(ray_local, 
         assert in_source_order(rows).column("id").to_pylist() == ids.tolist()
     out = tmp_path / "out"
     ds = read_dataset(source, ordered=True).random_shuffle(seed=7)
-    assert write_in_source_order(ds, pafs.LocalFileSystem(), str(out)) == len(ids)
+    assert write_in_source_order(ds, pafs.LocalFileSystem(), str(out), source) == len(ids)
     got = pq.read_table(out)
     assert got.column_names == ["id", "x"]  # the place column is not written
     assert got.column("id").to_pylist() == ids.tolist()

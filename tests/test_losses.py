@@ -632,3 +632,9 @@ def test_function_argument_errors():
 def test_module_docstring_example_runs():
     result = doctest.testmod(L, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_loss_registry_and_the_spec_name_the_same_losses():
+    from engine.config import LOSS_NAMES
+
+    assert sorted(LOSSES) == sorted(LOSS_NAMES)

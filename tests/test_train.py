@@ -4,6 +4,7 @@ both sampler paths, 2 workers, a worker that dies mid-epoch, and the exported be
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -113,12 +114,25 @@ def _check_standardization(model, train_dir: Path) -> None:
     assert (model.scale.numpy()[~varies] == 1).all()
 
 
+def _exit_once(epoch: int, step: int, rank: int, marker: str):
+    """A step hook that makes worker ``rank`` exit at (``epoch``, ``step``) once (``marker``
+    records that it did, so the restarted worker goes on)."""
+
+    def hook(e: int, s: int, r: int) -> None:
+        if (e, s, r) == (epoch, step, rank) and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(f"worker {r} exited at epoch {e} step {s}\n")
+            os._exit(1)
+
+    return hook
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local, digits, tmp_path):
     spec = _spec(digits, tmp_path / "run", "train.num_workers=2", "train.max_failures=1")
     prepare(spec)
     marker = tmp_path / "died"
-    result = fit(spec, fault={"epoch": 1, "step": 3, "rank": 1, "marker": str(marker)})
+    result = fit(spec, step_hook=_exit_once(epoch=1, step=3, rank=1, marker=str(marker)))
     assert marker.exists()  # the worker really exited once
     history, model = _check_run(result, 3)
     _check_standardization(model, Path(result.run_dir) / "splits" / "train")  # materialized path

@@ -1,0 +1,247 @@
+"""The ensemble artifact: written whole, verified before anything in it is loaded.
+
+    write_artifact(spec, refs, fit, thresholds, "runs/x/ensemble", label_map)
+    art = load_artifact("runs/x/ensemble")                 # hashes checked, pickles refused
+
+Layout and trust rules: see ``engine.ensemble``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from engine.combining import Combination
+from engine.config import EmbedSpec, JobSpec, build_section
+from engine.data import LABEL_MAP_JSON, LabelMap
+from engine.scoring import ModelRef
+
+FORMAT = "raybalance-ensemble/1"
+MANIFEST = "manifest.json"
+ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt")  # weights, configs, tokenizer vocab
+
+
+# --------------------------------------------------------------------------------------------
+# the artifact
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(root: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            out.append(os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def versions() -> dict[str, str]:
+    import ray
+    import safetensors
+    import torch
+    import transformers
+
+    from engine import __version__
+
+    return {
+        "raybalance": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+        "safetensors": safetensors.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _save_encoder(embed: EmbedSpec, folder: str) -> None:
+    """The frozen encoder (weights + tokenizer) as a ``save_pretrained`` folder."""
+    from engine.embed import load_encoder
+
+    tokenizer, model = load_encoder(embed)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def write_artifact(
+    spec: JobSpec,
+    members: Sequence[ModelRef],
+    fit: Combination,
+    thresholds: Any,
+    out_dir: str,
+    label_map: LabelMap,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write the ensemble artifact to ``out_dir`` (replaced atomically); returns its path."""
+    from engine.io import filesystem_and_path, replace_dir, temp_dir_beside
+
+    fs, root = filesystem_and_path(out_dir)
+    tmp = temp_dir_beside(fs, root)
+    try:
+        entries = []
+        for ref in members:
+            rel = f"members/{ref.name}"
+            shutil.copytree(ref.dir, os.path.join(tmp, rel))
+            entries.append({**asdict(ref), "dir": rel})
+        embed = None
+        if any(r.inputs == "embedding" for r in members):
+            _save_encoder(spec.embed, os.path.join(tmp, "encoder"))
+            embed = {**asdict(spec.embed), "model": "encoder"}
+        with open(os.path.join(tmp, LABEL_MAP_JSON), "w") as f:
+            json.dump(label_map.to_json(), f, indent=2)
+        with open(os.path.join(tmp, "thresholds.json"), "w") as f:
+            json.dump(thresholds.to_json(), f, indent=2)
+        bad = [p for p in _files(tmp) if not p.endswith(ALLOWED_SUFFIXES)]
+        if bad:
+            raise ValueError(
+                f"member folders hold files of a kind an artifact may not carry: {bad[:5]}; "
+                "models must be saved as safetensors + JSON"
+            )
+        features = spec.data.features
+        manifest = {
+            "format": FORMAT,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run": spec.name,
+            "versions": versions(),
+            "columns": {
+                "label": spec.data.label,
+                "text": spec.data.text,
+                "features": features if not isinstance(features, tuple) else list(features),
+            },
+            "embed": embed,
+            "members": entries,
+            "weights": fit.weights,
+            "member_temperatures": fit.member_temperatures,
+            "temperature": fit.temperature,
+            "val_nll": fit.val_nll,
+            "thresholds": "thresholds.json",
+            "label_map": LABEL_MAP_JSON,
+            "extra": extra or {},
+            "files": {p: sha256_file(os.path.join(tmp, p)) for p in _files(tmp)},
+        }
+        with open(os.path.join(tmp, MANIFEST), "w") as f:
+            json.dump(manifest, f, indent=2, allow_nan=False)
+        replace_dir(fs, tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified ensemble artifact (see the module docstring)."""
+
+    path: str
+    manifest: dict[str, Any]
+    label_map: LabelMap
+    thresholds: Any  # engine.thresholds.Thresholds
+    members: list[ModelRef]
+    embed: EmbedSpec | None
+
+    @property
+    def weights(self) -> list[float]:
+        return list(self.manifest["weights"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.manifest["temperature"])
+
+    @property
+    def member_temperatures(self) -> list[float] | None:
+        ts = self.manifest.get("member_temperatures")
+        return None if ts is None else [float(t) for t in ts]
+
+    def combine_args(self) -> dict[str, Any]:
+        return {
+            "weights": self.weights,
+            "temperature": self.temperature,
+            "member_temperatures": self.member_temperatures,
+            "thresholds": self.thresholds.to_json(),
+        }
+
+
+def verify_artifact(path: str) -> dict[str, Any]:
+    """Check ``path`` against its manifest without loading anything else; returns it.
+
+    Raises:
+        ValueError: no manifest, another format, a file of a refused kind (e.g. a pickle), a
+            file the manifest does not list, a listed file missing, or a hash mismatch.
+    """
+    mpath = os.path.join(path, MANIFEST)
+    if not os.path.isfile(mpath):
+        raise ValueError(
+            f"{path} is not an ensemble artifact: it has no {MANIFEST} (build one with "
+            "`raybalance run`)"
+        )
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{mpath} is not valid JSON ({e}); rebuild the artifact") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        got = manifest.get("format") if isinstance(manifest, dict) else None
+        raise ValueError(f"{mpath}: format {got!r} is not {FORMAT!r}; rebuild the artifact")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise ValueError(f"{mpath} lists no file hashes; rebuild the artifact")
+    present = [p for p in _files(path) if p != MANIFEST]
+    refused = [p for p in present if not p.endswith(ALLOWED_SUFFIXES)]
+    if refused:
+        raise ValueError(
+            f"{path} holds {refused[:5]}: an artifact may hold only safetensors, JSON and "
+            "tokenizer vocabulary files, and nothing else is ever loaded (pickles are refused); "
+            "remove them or rebuild the artifact"
+        )
+    unlisted = sorted(set(present) - set(listed))
+    missing = sorted(set(listed) - set(present))
+    if unlisted or missing:
+        raise ValueError(
+            f"{path} does not match its manifest: files not listed {unlisted[:5]}, listed but "
+            f"missing {missing[:5]}; the artifact was changed after it was written — rebuild it"
+        )
+    for rel, digest in listed.items():
+        if sha256_file(os.path.join(path, rel)) != digest:
+            raise ValueError(
+                f"{os.path.join(path, rel)}: sha256 does not match {MANIFEST}; the artifact was "
+                "changed after it was written — rebuild it or restore the file"
+            )
+    return manifest
+
+
+def load_artifact(path: str) -> Artifact:
+    """Verify and read an artifact's manifest, label map and thresholds (models load later,
+    in the scoring actors, from the verified folders)."""
+    from engine.thresholds import Thresholds
+
+    path = os.path.abspath(path)
+    manifest = verify_artifact(path)
+    with open(os.path.join(path, LABEL_MAP_JSON)) as f:
+        label_map = LabelMap.from_json(json.load(f))
+    with open(os.path.join(path, "thresholds.json")) as f:
+        thresholds = Thresholds.from_json(json.load(f))
+    members = [ModelRef(**{**m, "dir": os.path.join(path, m["dir"])}) for m in manifest["members"]]
+    embed = None
+    if manifest.get("embed"):
+        embed = build_section(
+            EmbedSpec,
+            {**manifest["embed"], "model": os.path.join(path, manifest["embed"]["model"])},
+        )
+    if len(manifest["weights"]) != len(members):
+        raise ValueError(f"{path}: {len(members)} members but {len(manifest['weights'])} weights")
+    return Artifact(path, manifest, label_map, thresholds, members, embed)
