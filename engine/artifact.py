@@ -1,6 +1,7 @@
 """The ensemble artifact: written whole, verified before anything in it is loaded.
 
-    write_artifact(spec, refs, fit, thresholds, "runs/x/ensemble", label_map)
+    write_artifact(spec.data, refs, fit, thresholds, "runs/x/ensemble", label_map,
+                   embed=spec.embed, run_name=spec.name)
     art = load_artifact("runs/x/ensemble")                 # hashes checked, pickles refused
 
 Layout and trust rules: see ``engine.ensemble``.
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.combining import Combination
-from engine.config import EmbedSpec, JobSpec, build_section
+from engine.config import DataSpec, EmbedSpec, build_section
 from engine.data import LABEL_MAP_JSON, LabelMap
 from engine.scoring import ModelRef
 
@@ -79,15 +80,21 @@ def _save_encoder(embed: EmbedSpec, folder: str) -> None:
 
 
 def write_artifact(
-    spec: JobSpec,
+    data: DataSpec,
     members: Sequence[ModelRef],
     fit: Combination,
     thresholds: Any,
     out_dir: str,
     label_map: LabelMap,
     extra: dict[str, Any] | None = None,
+    *,
+    embed: EmbedSpec | None = None,
+    run_name: str = "",
 ) -> str:
-    """Write the ensemble artifact to ``out_dir`` (replaced atomically); returns its path."""
+    """Write the ensemble artifact to ``out_dir`` (replaced atomically); returns its path.
+
+    ``data``: the columns the members read; ``embed``: the frozen encoder that members reading
+    embeddings need (saved into the artifact); ``run_name``: recorded in the manifest."""
     from engine.io import filesystem_and_path, replace_dir, temp_dir_beside
 
     fs, root = filesystem_and_path(out_dir)
@@ -98,10 +105,12 @@ def write_artifact(
             rel = f"members/{ref.name}"
             shutil.copytree(ref.dir, os.path.join(tmp, rel))
             entries.append({**asdict(ref), "dir": rel})
-        embed = None
+        encoder = None
         if any(r.inputs == "embedding" for r in members):
-            _save_encoder(spec.embed, os.path.join(tmp, "encoder"))
-            embed = {**asdict(spec.embed), "model": "encoder"}
+            if embed is None:
+                raise ValueError("members read embeddings of the text: pass the embed spec")
+            _save_encoder(embed, os.path.join(tmp, "encoder"))
+            encoder = {**asdict(embed), "model": "encoder"}
         with open(os.path.join(tmp, LABEL_MAP_JSON), "w") as f:
             json.dump(label_map.to_json(), f, indent=2)
         with open(os.path.join(tmp, "thresholds.json"), "w") as f:
@@ -112,18 +121,18 @@ def write_artifact(
                 f"member folders hold files of a kind an artifact may not carry: {bad[:5]}; "
                 "models must be saved as safetensors + JSON"
             )
-        features = spec.data.features
+        features = data.features
         manifest = {
             "format": FORMAT,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "run": spec.name,
+            "run": run_name,
             "versions": versions(),
             "columns": {
-                "label": spec.data.label,
-                "text": spec.data.text,
+                "label": data.label,
+                "text": data.text,
                 "features": features if not isinstance(features, tuple) else list(features),
             },
-            "embed": embed,
+            "embed": encoder,
             "members": entries,
             "weights": fit.weights,
             "member_temperatures": fit.member_temperatures,

@@ -145,7 +145,7 @@ def _members(spec: JobSpec, run: RunDir) -> list[Any]:
         max_length = r.get("model.max_length")
         members.append(
             model_ref(
-                spec,
+                spec.data,
                 f"m{i + 1}",
                 str(r["best_dir"]),
                 source=f"trial {r['trial_id']}",
@@ -184,12 +184,12 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     label_map = run.label_map()
     members = _members(spec, run)
     baseline = model_ref(
-        spec, "baseline", run.join(rundir.BASELINE, "best"), source="baseline",
+        spec.data, "baseline", run.join(rundir.BASELINE, "best"), source="baseline",
         max_length=spec.model.max_length,
     )  # fmt: skip
     embed = spec.embed if needs_embedding(spec) else None
     splits = {s: run.model_split(s) for s in ("val", "test")}
-    scores = score_splits([*members, baseline], splits, spec, label_map, embed)
+    scores = score_splits([*members, baseline], splits, spec.data, label_map, embed)
     candidates = [
         {"name": m.name, "kind": m.kind, "source": m.source, metric: m.val_metric} for m in members
     ]
@@ -222,7 +222,17 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
         "val_nll_mean": fitted.val_nll_mean,
         "val_nll": fitted.val_nll,
     }
-    write_artifact(spec, members, fitted, thresholds, run.ensemble, label_map, extra=info)
+    write_artifact(
+        spec.data,
+        members,
+        fitted,
+        thresholds,
+        run.ensemble,
+        label_map,
+        extra=info,
+        embed=spec.embed,
+        run_name=spec.name,
+    )
     names = ["baseline", *(c["name"] for c in candidates), "ensemble"]
     _save_scores(run.scores, scores, names)
     return info

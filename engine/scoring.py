@@ -1,7 +1,7 @@
 """Members and batch scoring: which models, and each one's class probabilities on a split.
 
-    refs = [model_ref(spec, "m1", "runs/x/tune/trials/t1/best"), ...]
-    scores = score_splits(refs, {"val": val_dir, "test": test_dir}, spec, label_map)
+    refs = [model_ref(spec.data, "m1", "runs/x/tune/trials/t1/best"), ...]
+    scores = score_splits(refs, {"val": val_dir, "test": test_dir}, spec.data, label_map)
     ds = map_scorer(read_dataset(source, ordered=True), refs, columns, label_map, None)
 
 Each member's probabilities come from one Ray Data pass per split through an actor pool
@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.combining import combine
-from engine.config import EmbedSpec, JobSpec, needs_embedding
+from engine.config import DataSpec, EmbedSpec
 from engine.data import LabelMap
 
 # --------------------------------------------------------------------------------------------
@@ -58,16 +58,17 @@ def model_kind(folder: str) -> str:
     return {"raybalance-mlp": "mlp", "raybalance-lexical": "lexical"}.get(model_type, "transformer")
 
 
-def model_ref(spec: JobSpec, name: str, folder: str, **extra: Any) -> ModelRef:
-    """A ``ModelRef`` for a model trained on the run of ``spec``."""
+def model_ref(data: DataSpec, name: str, folder: str, **extra: Any) -> ModelRef:
+    """A ``ModelRef`` for a model trained on the columns of ``data`` (an MLP without feature
+    columns reads the embedding of the text)."""
     kind = model_kind(folder)
     if kind != "mlp":
         inputs = "text"
-    elif spec.data.features:
+    elif data.features:
         inputs = "features"
     else:
         inputs = "embedding"
-        if not needs_embedding(spec) and not spec.data.text:
+        if not data.text:
             raise ValueError(f"member {name}: an MLP with neither data.features nor data.text")
     return ModelRef(name, os.path.abspath(folder), kind, inputs, **extra)
 
@@ -261,15 +262,15 @@ def _list_array(p: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), v.shape[1])
 
 
-def scoring_columns(spec: JobSpec) -> dict[str, Any]:
+def scoring_columns(data: DataSpec) -> dict[str, Any]:
     """Which columns the scorer reads: label, text, feature columns or one vector column."""
-    features = spec.data.features
+    features = data.features
     if isinstance(features, (list, tuple)) and len(features) == 1:
         features = features[0]
     return {
-        "label": spec.data.label,
-        "text": spec.data.text,
-        "features": list(spec.data.features) if isinstance(spec.data.features, list) else [],
+        "label": data.label,
+        "text": data.text,
+        "features": list(data.features) if isinstance(data.features, list) else [],
         "vector": None,
         "_one": features if isinstance(features, str) else None,
     }
@@ -347,14 +348,14 @@ class SplitScores:
 def score_splits(
     refs: Sequence[ModelRef],
     splits: Mapping[str, str],
-    spec: JobSpec,
+    data: DataSpec,
     label_map: LabelMap,
     embed: EmbedSpec | None = None,
 ) -> dict[str, SplitScores]:
     """Every model's probabilities on each split folder: one Ray Data pass per split.
 
     Rows come in the split's file order (file by file, row by row), so the scores line up
-    with a plain read of the split.
+    with a plain read of the split. ``data``: the columns the models were trained on.
 
     ``embed``: the frozen encoder for ``embedding`` members when a split lacks its column.
     """
@@ -363,7 +364,7 @@ def score_splits(
     out: dict[str, SplitScores] = {}
     for split, folder in splits.items():
         source = resolve_source(folder)
-        columns = resolve_scoring_columns(scoring_columns(spec), read_schema(source))
+        columns = resolve_scoring_columns(scoring_columns(data), read_schema(source))
         ds = map_scorer(
             read_dataset(source, ordered=True), refs, columns, label_map, embed, keep=[ROW]
         )

@@ -101,10 +101,10 @@ def build_ensemble(tmp: Path) -> dict:
             _table(seed, {k: v // 2 * scale for k, v in counts.items()}), tmp / name / "p.parquet"
         )
     lex_dir, mlp_dir = _members(tmp, spec, train, label_map)
-    refs = [model_ref(spec, "m1", lex_dir), model_ref(spec, "m2", mlp_dir)]
+    refs = [model_ref(spec.data, "m1", lex_dir), model_ref(spec.data, "m2", mlp_dir)]
     assert [(r.kind, r.inputs) for r in refs] == [("lexical", "text"), ("mlp", "embedding")]
     scores = score_splits(
-        refs, {"val": str(tmp / "val"), "test": str(tmp / "test")}, spec, label_map, spec.embed
+        refs, {"val": str(tmp / "val"), "test": str(tmp / "test")}, spec.data, label_map, spec.embed
     )
     fit = fit_combination(scores["val"].y, [scores["val"].proba[r.name] for r in refs])
     p_val = combine(
@@ -114,7 +114,16 @@ def build_ensemble(tmp: Path) -> dict:
         fit.member_temperatures,
     )
     thresholds = fit_thresholds(scores["val"].y, p_val, ThresholdSpec(cv_folds=0))
-    art = write_artifact(spec, refs, fit, thresholds, str(tmp / "ensemble"), label_map)
+    art = write_artifact(
+        spec.data,
+        refs,
+        fit,
+        thresholds,
+        str(tmp / "ensemble"),
+        label_map,
+        embed=spec.embed,
+        run_name=spec.name,
+    )
     return {
         "tmp": tmp,
         "spec": spec,

@@ -289,11 +289,11 @@ def test_writing_refuses_members_with_pickled_files_and_leaves_no_half_artifact(
     bad = tmp_path / "bad_member"
     shutil.copytree(refs[0].dir, bad)
     (bad / "optimizer.pt").write_bytes(b"\x80\x04N.")
-    ref = model_ref(built["spec"], "m1", str(bad))
+    ref = model_ref(built["spec"].data, "m1", str(bad))
     out = tmp_path / "ensemble"
     with pytest.raises(ValueError, match="may not carry"):
         write_artifact(
-            built["spec"],
+            built["spec"].data,
             [ref],
             Combination([1.0], 1.0, 0.0, 0.0),
             built["thresholds"],
@@ -305,6 +305,16 @@ def test_writing_refuses_members_with_pickled_files_and_leaves_no_half_artifact(
 
 def test_an_mlp_member_reads_the_feature_columns_of_a_feature_run(built):
     spec = load_spec(None, ["data.features=[a, b]", "model.kind=mlp"])
-    ref = model_ref(spec, "m9", built["refs"][1].dir)
+    ref = model_ref(spec.data, "m9", built["refs"][1].dir)
     assert (ref.kind, ref.inputs) == ("mlp", "features")
-    assert model_ref(built["spec"], "m9", built["refs"][1].dir).inputs == "embedding"
+    assert model_ref(built["spec"].data, "m9", built["refs"][1].dir).inputs == "embedding"
+    with pytest.raises(ValueError, match="pass the embed spec"):
+        write_artifact(
+            built["spec"].data,
+            built["refs"],
+            Combination([0.5, 0.5], 1.0, 0.0, 0.0),
+            built["thresholds"],
+            str(built["tmp"] / "no-encoder"),
+            built["label_map"],
+        )
+    assert not (built["tmp"] / "no-encoder").exists()
