@@ -28,6 +28,7 @@ from engine.scoring import ModelRef
 
 FORMAT = "raybalance-ensemble/1"
 MANIFEST = "manifest.json"
+THRESHOLDS = "thresholds.json"
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt")  # weights, configs, tokenizer vocab
 
 
@@ -113,7 +114,7 @@ def write_artifact(
             encoder = {**asdict(embed), "model": "encoder"}
         with open(os.path.join(tmp, LABEL_MAP_JSON), "w") as f:
             json.dump(label_map.to_json(), f, indent=2)
-        with open(os.path.join(tmp, "thresholds.json"), "w") as f:
+        with open(os.path.join(tmp, THRESHOLDS), "w") as f:
             json.dump(thresholds.to_json(), f, indent=2)
         bad = [p for p in _files(tmp) if not p.endswith(ALLOWED_SUFFIXES)]
         if bad:
@@ -138,7 +139,7 @@ def write_artifact(
             "member_temperatures": fit.member_temperatures,
             "temperature": fit.temperature,
             "val_nll": fit.val_nll,
-            "thresholds": "thresholds.json",
+            "thresholds": THRESHOLDS,
             "label_map": LABEL_MAP_JSON,
             "extra": extra or {},
             "files": {p: sha256_file(os.path.join(tmp, p)) for p in _files(tmp)},
@@ -242,7 +243,7 @@ def load_artifact(path: str) -> Artifact:
     manifest = verify_artifact(path)
     with open(os.path.join(path, LABEL_MAP_JSON)) as f:
         label_map = LabelMap.from_json(json.load(f))
-    with open(os.path.join(path, "thresholds.json")) as f:
+    with open(os.path.join(path, THRESHOLDS)) as f:
         thresholds = Thresholds.from_json(json.load(f))
     members = [ModelRef(**{**m, "dir": os.path.join(path, m["dir"])}) for m in manifest["members"]]
     embed = None

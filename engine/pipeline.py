@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import rundir
+from engine import artifact, report, rundir
 from engine.config import STAGE_SECTIONS, JobSpec, LossSpec, SamplerSpec, needs_embedding
 from engine.io import json_digest, local_dir, read_json, write_bytes_atomic, write_json_atomic
 from engine.rundir import RunDir
@@ -294,8 +294,8 @@ def _report(spec: JobSpec, run: RunDir) -> str:
 
     keys = run.label_map().keys
     scores = load_scores(run.scores)
-    info = read_json(run.join(rundir.ENSEMBLE, "manifest.json"))["extra"]
-    thresholds = Thresholds.from_json(read_json(run.join(rundir.ENSEMBLE, "thresholds.json")))
+    info = read_json(run.join(rundir.ENSEMBLE, artifact.MANIFEST))["extra"]
+    thresholds = Thresholds.from_json(read_json(run.join(rundir.ENSEMBLE, artifact.THRESHOLDS)))
     train_counts = dict(zip(keys, run.class_counts("train", keys).tolist()))
     distributions = {"train": train_counts}
     resampled = run.resampled_counts(keys)
@@ -405,17 +405,17 @@ def run_pipeline(
 
     p.run_stage("prepare", prepare_stage)
     _trained_stages(spec, run, p, overwrite)
-    ensemble_done = run.exists(rundir.ENSEMBLE, "manifest.json") and run.exists(rundir.SCORES)
+    ensemble_done = run.exists(rundir.ENSEMBLE, artifact.MANIFEST) and run.exists(rundir.SCORES)
     for stage, fn, done in (
         ("ensemble", _ensemble, ensemble_done),
-        ("report", _report, run.exists(rundir.REPORT, rundir.METRICS)),
+        ("report", _report, run.exists(rundir.REPORT, report.METRICS_JSON)),
     ):
         if done and p.state().get(stage) == p.digests[stage]:
             p.skip(stage)
         else:
             p.run_stage(stage, lambda fn=fn: fn(spec, run))
-    p.result.metrics = read_json(run.join(rundir.REPORT, rundir.METRICS))
-    p.result.report = run.join(rundir.REPORT, "report.html")
+    p.result.metrics = read_json(run.join(rundir.REPORT, report.METRICS_JSON))
+    p.result.report = run.join(rundir.REPORT, report.HTML)
     return p.result
 
 

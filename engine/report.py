@@ -46,6 +46,10 @@ _RESERVED = ("run", "labels", "tail", "test", "val", "thresholds", "notes")
 _LOG_KNOBS = ("lr", "learning_rate", "weight_decay", "eps")
 
 
+METRICS_JSON = "metrics.json"
+HTML = "report.html"
+
+
 @dataclass(frozen=True)
 class Scored:
     """One model's decisions on one split."""
@@ -861,8 +865,8 @@ def write_report(inp: ReportInput, out_dir: str) -> dict[str, str]:
     data = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     page, plots = _build(inp, metrics)
     files = {
-        "metrics": ("metrics.json", data.encode()),
-        "html": ("report.html", page.encode()),
+        "metrics": (METRICS_JSON, data.encode()),
+        "html": (HTML, page.encode()),
         **{name: (f"{name}.png", png) for name, png in plots.items()},
     }
     fs, final = filesystem_and_path(out_dir)

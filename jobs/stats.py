@@ -10,6 +10,7 @@ import sys
 
 from rich.table import Table
 
+from engine import rundir
 from engine.config import DataSpec, StatsSpec
 from engine.data import resolve_source
 from engine.io import join, write_json_atomic
@@ -61,10 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     for w in result.warnings:
         console.print(f"[yellow]warning:[/] {w}")
     if args.out:
-        path = write_json_atomic(join(args.out, "stats.json"), stats.to_json(source=source.path))
-        plot = plot_class_distribution(
-            {"all": stats.count_of()}, join(args.out, "class_distribution.png")
-        )
+        path = write_json_atomic(join(args.out, rundir.STATS), stats.to_json(source=source.path))
+        plot = plot_class_distribution({"all": stats.count_of()}, join(args.out, rundir.PLOT))
         console.print(f"     stats: {path}\n      plot: {plot}")
 
 
