@@ -380,7 +380,8 @@ class TuneSpec:
     ``train.precision_floor``) or val_loss (minimized). ``max_failures``: retries
     of a failed trial. ``max_concurrent_trials`` null: derived from the cluster's resources.
     ``seed`` seeds the sampling of the knobs. ``grace_period``: epochs every trial runs before
-    ASHA may stop it.
+    ASHA may stop it. ``time_budget_s``: no trial starts once this many seconds have passed
+    since the search first started (running trials finish; null: no budget).
     """
 
     num_samples: int = 8
@@ -391,9 +392,16 @@ class TuneSpec:
     max_concurrent_trials: int | None = None
     seed: int = 0
     grace_period: int = 1
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
+        if self.time_budget_s is not None:
+            _require(
+                self.time_budget_s > 0,
+                "time_budget_s",
+                f"must be > 0 seconds or null (no budget), got {self.time_budget_s}",
+            )
         _require(
             self.metric in VAL_METRICS,
             "metric",

@@ -276,12 +276,17 @@ def _scored(split: dict[str, np.ndarray], info: dict[str, Any], thresholds) -> l
     ]
 
 
-def _trial_notes(table) -> tuple[Any, list[str]]:
+def _trial_notes(table, run: RunDir) -> tuple[Any, list[str]]:
+    from engine.tune import SUMMARY
+
     errors = table[table["status"] == "error"] if len(table) else table
     notes = [
         f"tune trial {r['trial_id']} failed after {r['attempts']} attempt(s): {r['error']}"
         for _, r in errors.iterrows()
     ]
+    summary = run.join(rundir.TUNE, SUMMARY)
+    if os.path.exists(summary) and read_json(summary).get("note"):
+        notes.append(f"tune: {read_json(summary)['note']}")
     return errors, notes
 
 
@@ -303,7 +308,7 @@ def _report(spec: JobSpec, run: RunDir) -> str:
         distributions["train, resampled"] = dict(zip(keys, resampled.tolist()))
     table = pd.read_parquet(run.tune_results)
     dropped, notes = input_notes(run.path)
-    errors, trial_notes = _trial_notes(table)
+    errors, trial_notes = _trial_notes(table, run)
     threshold_scores = None
     if len(keys) == 2 and len(scores["val"]["y"]):
         threshold_scores = (scores["val"]["y"], scores["val"]["ensemble"][:, 1])

@@ -272,18 +272,16 @@ class _Loop:
     scheduler: Any = None
 
 
-def _build_loop(config: dict[str, Any]) -> _Loop:
-    """The model (prepared for DDP), its loss and the worker's place, from the loop config."""
+def _build_loop(config: dict[str, Any], session) -> _Loop:
+    """The model (prepared for the session: DDP under Ray Train), its loss and the worker's
+    place, from the loop config."""
     import ray
-    import ray.train
-    import ray.train.torch
 
     train = build_section(TrainSpec, config["train"])
     model_spec = build_section(ModelSpec, config["model"])
     label_map = LabelMap.from_json(config["label_map"])
     counts = np.asarray(config["class_counts"], dtype=np.int64)
-    ctx = ray.train.get_context()
-    device = ray.train.torch.get_device()
+    device = session.device
     if model_spec.kind == "lexical" and device.type == "cpu":
         # A lexical step is a few small sparse ops: intra-op threads only add synchronization
         # (measured on 2 busy cores: 64 steps/s with 1 thread, 9 with 2).
@@ -294,7 +292,7 @@ def _build_loop(config: dict[str, Any]) -> _Loop:
     model = build_model(model_spec, label_map, config.get("input_dim"), vectorizer)
     if config.get("standardization"):  # before DDP: every replica starts from the same buffers
         model.set_standardization(*config["standardization"])
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     loss_spec = build_section(LossSpec, config["loss"])
     loss_fn = loss_from_spec(loss_spec, counts.tolist(), config["loss_weights"], train.epochs)
     return _Loop(
@@ -302,8 +300,8 @@ def _build_loop(config: dict[str, Any]) -> _Loop:
         label_map=label_map,
         counts=counts,
         device=device,
-        rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(),
+        rank=session.rank,
+        world=session.world,
         model=model,
         core=getattr(model, "module", model),
         loss_fn=loss_fn.to(device),
@@ -352,15 +350,14 @@ def _stream_balancer(sampler: SamplerSpec, loop: _Loop, steps: int):
     )
 
 
-def _epoch_batches(config: dict[str, Any], sampler: SamplerSpec, loop: _Loop):
+def _epoch_batches(config: dict[str, Any], sampler: SamplerSpec, loop: _Loop, session):
     """(steps per epoch, epoch -> the worker's batches of that epoch)."""
     import ray
-    import ray.train
 
     # batches per epoch, equal on every worker (DDP needs equal step counts)
     steps = math.ceil(int(loop.counts.sum()) / (loop.world * loop.train.batch_size))
     if sampler.mode == "stream":
-        shard = ray.train.get_dataset_shard("train")
+        shard = session.dataset_shard("train")
         balancer = _stream_balancer(sampler, loop, steps)
 
         def stream_epoch(epoch: int):
@@ -483,18 +480,29 @@ def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]]) -> str:
     return tmp
 
 
-def _worker_loop(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function: build, restore, then epochs of train → validate →
-    checkpoint (rank 0) → report."""
-    import ray
-    import ray.train
+def _writable(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays from the object store are read-only; torch wants writable ones for its views."""
+    return {k: v if v.flags.writeable else v.copy() for k, v in arrays.items()}
 
-    loop = _build_loop(config)
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function."""
+    from engine.session import TrainSession
+
+    run_loop(config, TrainSession())
+
+
+def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
+    """The training loop in ``session`` (``engine.session``): build, restore, then epochs of
+    train → validate → checkpoint (rank 0) → report. Returns the history."""
+    import ray
+
+    loop = _build_loop(config, session)
     sampler = build_section(SamplerSpec, config["sampler"])
-    steps, batches_of = _epoch_batches(config, sampler, loop)
+    steps, batches_of = _epoch_batches(config, sampler, loop, session)
     _add_optimizer(loop, steps)
-    val_arrays = ray.get(config["val_ref"]) if loop.rank == 0 else None
-    checkpoint = ray.train.get_checkpoint()
+    val_arrays = _writable(ray.get(config["val_ref"])) if loop.rank == 0 else None
+    checkpoint = session.checkpoint()
     history = _restore(loop, checkpoint) if checkpoint is not None else []
     train = loop.train
     for epoch in range(len(history), train.epochs):
@@ -510,11 +518,10 @@ def _worker_loop(config: dict[str, Any]) -> None:
                 f"balanced acc {row['val_balanced_accuracy']:.4f}",
                 flush=True,
             )
-        report = {k: v for k, v in row.items() if k != "val_recall"}
-        ckpt = ray.train.Checkpoint.from_directory(tmp) if tmp is not None else None
-        ray.train.report(report, checkpoint=ckpt)
+        session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    return history
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,6 +611,19 @@ def fit(
     split (a trial with its own resampling). ``step_hook(epoch, step, rank)`` runs in every
     worker before each step (tests inject faults with it; it is shipped to the workers).
     """
+    run, out = _fit_folders(spec, out_dir, overwrite)
+    config, datasets = loop_inputs(spec, run, train_data)
+    config["step_hook"] = step_hook
+    result = _trainer(spec, out, config, datasets, callbacks).fit()
+    if result.error is not None:
+        raise result.error
+    best_dir, history, best = export_best(result, spec, out)
+    return TrainResult(run.path, best_dir, history, best)
+
+
+def _fit_folders(spec: JobSpec, out_dir: str | None, overwrite: bool) -> tuple[RunDir, str]:
+    """The run folder (checked against ``spec``) and the output folder, cleared when it holds
+    a finished run and ``overwrite``."""
     run = RunDir(local_dir(spec.run_dir, "training"))
     run.check_prepared_with(spec)
     if run.require_splits()["rows"]["val"] == 0:
@@ -617,12 +637,39 @@ def fit(
                 f"{out} holds a finished training run; pass --overwrite to train again"
             )
         shutil.rmtree(out)
+    return run, out
+
+
+def fit_in_process(
+    spec: JobSpec,
+    *,
+    overwrite: bool = False,
+    out_dir: str | None = None,
+    train_data: tuple[Any, np.ndarray] | None = None,
+    step_hook: Callable[[int, int, int], None] | None = None,
+    tune: bool = True,
+) -> TrainResult:
+    """``fit`` with one worker in this process, without a Ray Train worker group: the same
+    loop, seeds, checkpoints and exported files. Inside a Tune trial (``tune``) each epoch is
+    reported to Tune with its checkpoint, and a restored trial resumes from it."""
+    import torch
+
+    from engine.session import LocalSession
+
+    if spec.train.num_workers != 1:
+        raise ValueError(
+            f"train.num_workers={spec.train.num_workers}: training in one process takes 1 worker"
+        )
+    run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
-    result = _trainer(spec, out, config, datasets, callbacks).fit()
-    if result.error is not None:
-        raise result.error
-    best_dir, history, best = export_best(result, spec, out)
+    use_gpu = spec.train.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    session = LocalSession(out, spec.train.metric, datasets, device, tune=tune)
+    history = run_loop(config, session)
+    folder, best = session.best()
+    best_dir = _export(folder, history, spec, out)
+    shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     return TrainResult(run.path, best_dir, history, best)
 
 
@@ -714,8 +761,8 @@ def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callback
 
 
 def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[str, Any]]:
-    """Copy the best checkpoint's model (with its tokenizer) to ``out/best`` and the history
-    to ``out/metrics.json`` (last: a finished run); returns (best dir, history, best metrics)."""
+    """The best checkpoint of a Ray Train result exported (``_export``); returns (best dir,
+    history, best metrics)."""
     metric = spec.train.metric
     best_ckpt, best_metrics = max(
         result.best_checkpoints,
@@ -724,14 +771,21 @@ def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[
     with result.checkpoint.as_directory() as d:
         with open(os.path.join(d, "history.json")) as f:
             history = json.load(f)
+    with best_ckpt.as_directory() as d:
+        best_dir = _export(d, history, spec, out)
+    return best_dir, history, best_metrics
+
+
+def _export(checkpoint_dir: str, history: list[dict], spec: JobSpec, out: str) -> str:
+    """Copy a checkpoint's model (with its tokenizer) to ``out/best`` and the history to
+    ``out/metrics.json`` (last: a finished run); returns the best dir."""
     best_dir = join(out, "best")
     tmp_best = best_dir + ".tmp"
     shutil.rmtree(tmp_best, ignore_errors=True)
-    with best_ckpt.as_directory() as d:
-        shutil.copytree(os.path.join(d, "model"), tmp_best)
+    shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp_best)
     if spec.model.kind == "transformer":
         load_tokenizer(spec.model).save_pretrained(tmp_best)
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp_best, best_dir)
     write_json_atomic(join(out, rundir.METRICS), history)
-    return best_dir, history, best_metrics
+    return best_dir

@@ -119,6 +119,7 @@ TUNE_DIR = rundir.TUNE
 TRIALS = "trials"  # RUN_DIR/tune/trials/<trial id>/: each trial's fit output
 SEARCH_RECORD = "search.json"  # the spec and space a search was made from
 RESULTS_CSV = "results.csv"  # beside rundir.RESULTS
+SUMMARY = "summary.json"  # trials planned and run, the time budget
 EXPERIMENT = "tune"  # RunConfig(name=...): the experiment is RUN_DIR/tune/ray/tune
 METRICS = VAL_METRICS
 SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
@@ -396,6 +397,15 @@ def trial_resources(
     return TrialResources(n, float(min(share, 8.0)))
 
 
+def trial_request(train: TrainSpec, res: TrialResources) -> dict[str, float]:
+    """What Tune reserves for a trial: a one-worker trial trains in its own process and holds
+    its worker's CPUs (and GPU); a larger one only drives a ``TorchTrainer``, whose workers
+    hold theirs."""
+    if train.num_workers != 1:
+        return {"cpu": TRIAL_CPU}
+    return {"cpu": res.cpus_per_worker, **({"gpu": 1} if train.use_gpu else {})}
+
+
 # --------------------------------------------------------------------------------------------
 # one trial
 
@@ -443,17 +453,18 @@ def _append_attempt(out: str, knobs: Mapping[str, Any]) -> None:
 
 
 def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, Any]) -> None:
-    """A Tune trial: the job's spec with this trial's knobs, trained by ``fit`` into
-    ``RUN_DIR/tune/trials/<trial_id>/``; Ray Train's reports reach Tune through
-    ``TuneReportCallback``. ``job`` is ``asdict(spec)`` (``train.cpus_per_worker`` derived by
-    ``trial_resources``, ``train.metric`` = ``tune.metric``), ``space`` the resolved space as
-    {key: [form, args]}."""
+    """A Tune trial: the job's spec with this trial's knobs, trained into
+    ``RUN_DIR/tune/trials/<trial_id>/``. One worker trains in the trial's own process
+    (``fit_in_process``, no worker group to start); more workers train under a ``TorchTrainer``
+    (``fit``) whose reports reach Tune through ``TuneReportCallback``. ``job`` is
+    ``asdict(spec)`` (``train.cpus_per_worker`` derived by ``trial_resources``,
+    ``train.metric`` = ``tune.metric``), ``space`` the resolved space as {key: [form, args]}."""
     import ray.data
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from engine.io import join
-    from engine.train import fit, train_source
+    from engine.train import fit, fit_in_process, train_source
 
     # one progress bar per Ray Data execution of every trial drowns Tune's own progress
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -491,7 +502,10 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
-    fit(trial, out_dir=out, callbacks=[TuneReportCallback()], train_data=train_data)
+    if trial.train.num_workers == 1:
+        fit_in_process(trial, out_dir=out, train_data=train_data)
+    else:
+        fit(trial, out_dir=out, callbacks=[TuneReportCallback()], train_data=train_data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,6 +517,7 @@ class TuneResult:
     results_path: str
     table: Any  # pandas.DataFrame, best trial first
     best: dict[str, Any] | None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # tune/summary.json
 
 
 def _mode(metric: str) -> str:
@@ -528,13 +543,17 @@ def _error_line(error: BaseException | None) -> str | None:
 
 
 def _export_best(trial_dir: str, rows: list[dict[str, Any]], metric: str) -> str | None:
-    """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model."""
+    """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model
+    (a Train checkpoint in ``rows``, or one an in-process trial kept in its folder)."""
+    from engine.session import kept_checkpoints
+
     best = os.path.join(trial_dir, "best")
     if os.path.isdir(best):
         return best
     sign = -1 if _mode(metric) == "min" else 1
+    kept = [{**m, "checkpoint_path": p} for p, m in kept_checkpoints(trial_dir)]
     ranked = sorted(
-        (r for r in rows if r.get("checkpoint_path") and _finite(r.get(metric))),
+        (r for r in [*rows, *kept] if r.get("checkpoint_path") and _finite(r.get(metric))),
         key=lambda r: -sign * r[metric],
     )
     for r in ranked:
@@ -675,12 +694,17 @@ def new_tuner(
     space: Mapping[str, Dist],
     max_concurrent: int,
     storage: str,
+    started_at: float | None = None,
 ):
     """The ``Tuner`` of a new search: ``t.scheduler``'s searcher and scheduler over ``space``,
-    at most ``max_concurrent`` trials at once, its experiment in ``storage/tune``."""
+    at most ``max_concurrent`` trials at once, its experiment in ``storage/tune``; no trial
+    starts once ``t.time_budget_s`` has passed since ``started_at`` (default: now)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from engine.budget import BudgetedSearch
 
     scheduler = (
         FIFOScheduler()
@@ -696,7 +720,7 @@ def new_tuner(
     if t.scheduler == "tpe":
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(seed=t.seed)
+        searcher = SearchGenerator(ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent))
     else:
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: limit it here
         searcher = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent)
@@ -708,8 +732,9 @@ def new_tuner(
             mode=_mode(t.metric),
             num_samples=t.num_samples,
             scheduler=scheduler,
-            search_alg=searcher,
-            max_concurrent_trials=max_concurrent if t.scheduler == "tpe" else None,
+            search_alg=BudgetedSearch(
+                searcher, t.time_budget_s, time.time() if started_at is None else started_at
+            ),
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -835,7 +860,7 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
         tune.with_parameters(
             run_trial, job=job, space={k: [d.form, list(d.args)] for k, d in space.items()}
         ),
-        {"cpu": TRIAL_CPU},
+        trial_request(spec.train, res),
     )
     log.info(
         "tune: %d trial(s), %d at once, %g CPU per Train worker, scheduler %s, metric %s",
@@ -852,6 +877,31 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     grid = tuner.fit()
     table = results_table(grid, spec, space, join(tune_dir, TRIALS))
     path = _write_results(table, tune_dir)
+    summary = _write_summary(t, t.num_samples * grid_size(space), len(table), tune_dir)
     ok = table[table["status"] != "error"] if len(table) else table
     best = ok.iloc[0].to_dict() if len(ok) and pd.notna(ok.iloc[0][t.metric]) else None
-    return TuneResult(path, table, best)
+    return TuneResult(path, table, best, summary)
+
+
+def _write_summary(t: TuneSpec, planned: int, ran: int, tune_dir: str) -> dict[str, Any]:
+    """``tune/summary.json``: trials planned and run, and whether the time budget stopped the
+    search from starting the rest."""
+    from engine.io import join, write_json_atomic
+
+    spent = t.time_budget_s is not None and ran < planned
+    summary = {
+        "trials_planned": planned,
+        "trials_run": ran,
+        "time_budget_s": t.time_budget_s,
+        "budget_spent": spent,
+        "note": (
+            f"the search's time budget (tune.time_budget_s={t.time_budget_s:g}) was spent after "
+            f"{ran} of {planned} trials; {planned - ran} were not started"
+            if spent
+            else None
+        ),
+    }
+    if spent:
+        log.warning("tune: %s", summary["note"])
+    write_json_atomic(join(tune_dir, SUMMARY), summary)
+    return summary

@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[red]{row['trial_id']} failed:[/] {row['error']}", markup=True)
     if result.best is not None:
         console.print(f"      best: {result.best['best_dir']} ({metric} {result.best[metric]:.4f})")
+    if result.summary.get("note"):
+        console.print(f"      note: {result.summary['note']}")
     console.print(f"   results: {result.results_path}")
 
 

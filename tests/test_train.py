@@ -165,3 +165,36 @@ def test_train_command_prepares_then_fine_tunes_a_transformer(ray_local, tmp_pat
     assert model.config.num_labels == 6 and "ABBR" in model.config.label2id
     enc = tok(["What is the capital of France ?"], return_tensors="pt")
     assert model(**enc).logits.shape == (1, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["map", "stream"])
+def test_one_worker_in_this_process_trains_as_a_torch_trainer_worker(
+    ray_local, digits, tmp_path, mode
+):
+    """The same seed gives the same model and metrics with or without a worker group."""
+    from engine.train import fit_in_process
+
+    spec = _spec(
+        digits,
+        tmp_path / "run",
+        "train.num_workers=1",
+        "sampler.kind=balanced",
+        f"sampler.mode={mode}",
+    )
+    prepare(spec)
+    trainer = fit(spec, out_dir=str(tmp_path / "trainer"))
+    local = fit_in_process(spec, out_dir=str(tmp_path / "local"), tune=False)
+    assert len(local.metrics) == len(trainer.metrics) == 3
+    for a, b in zip(trainer.metrics, local.metrics):
+        for key in ("train_loss", "val_loss", "val_macro_f1", "val_balanced_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["epoch"], key)
+    assert local.best["epoch"] == trainer.best["epoch"]
+    m_trainer, _ = load_model(trainer.best_dir)
+    m_local, _ = load_model(local.best_dir)
+    for x, y in zip(m_trainer.state_dict().values(), m_local.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5)
+    assert json.loads((tmp_path / "local" / "metrics.json").read_text()) == local.metrics
+    assert not (tmp_path / "local" / "checkpoints").exists()  # only best/ and metrics.json stay
+    with pytest.raises(ValueError, match="holds a finished training run"):
+        fit_in_process(spec, out_dir=str(tmp_path / "local"), tune=False)

@@ -81,6 +81,7 @@ def test_grammar_parses_every_form_nested_sections_constants_and_null():
         ("tune.search_space={train.batch_size: {randint: [1.5, 8]}}", "integers"),
         ("tune.search_space={loss.gamma: {unifrm: [0, 1]}}", r"must be float.*a distribution"),
         ("tune.search_space={loss.weight_power: -1}", "exponent must be a number >= 0"),
+        ("tune.time_budget_s=0", "time_budget_s: must be > 0 seconds or null"),
     ],
 )
 def test_bad_search_spaces_fail_at_load_naming_the_key(override, match):
@@ -434,7 +435,7 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_p
         "jobs.tune",
         digits,
         run,
-        "tune.num_samples=2",
+        "tune.num_samples=4",  # trials take seconds: leave some for after the kill
         "tune.scheduler=fifo",
         "tune.max_concurrent_trials=1",
     )
@@ -452,7 +453,7 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_p
     proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_parquet(run / "tune/results.parquet")
-    assert len(table) == 2 and set(table["status"]) == {"completed"}
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
     assert (table["epochs"] == 2).all()
     attempts = dict(zip(table["trial_id"], table["attempts"]))
     assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
@@ -462,3 +463,43 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_p
         assert pd.isna(row["loss.gamma"]) == (row["loss.name"] != "focal")
         assert pd.isna(row["loss.tau"]) == (row["loss.name"] != "logit_adjusted")
         assert pd.isna(row["sampler.power"]) == (row["sampler.kind"] != "balanced")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", [None, 2.0])
+def test_the_time_budget_stops_starting_trials_and_lets_running_ones_finish(
+    ray_local, tmp_path, budget
+):
+    from ray import tune
+
+    from engine.config import TuneSpec
+    from engine.tune import _write_summary, new_tuner
+
+    space = {"train.lr": Dist("loguniform", (1e-4, 1e-1))}
+
+    def slow_trial(config):  # three 1-second epochs: the budget is spent during the first trial
+        import time
+
+        from ray import tune
+
+        for epoch in range(3):
+            time.sleep(1.0)
+            tune.report({"val_macro_f1": config["train.lr"], "epoch": epoch})
+
+    spec = TuneSpec(num_samples=4, scheduler="fifo", time_budget_s=budget)
+    trainable = tune.with_resources(slow_trial, {"cpu": 0.01})
+    grid = new_tuner(trainable, spec, 3, space, 1, str(tmp_path / "ray")).fit()
+    assert not grid.errors
+    assert all(r.metrics["training_iteration"] == 3 for r in grid)  # none was cut short
+    if budget is None:
+        assert len(grid) == 4
+    else:
+        assert len(grid) == 1  # one at a time: the budget was spent before a second could start
+    summary = _write_summary(spec, 4, len(grid), str(tmp_path))
+    assert summary["budget_spent"] == (budget is not None)
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    if budget is not None:
+        assert summary["note"] == (
+            "the search's time budget (tune.time_budget_s=2) was spent after 1 of 4 trials; "
+            "3 were not started"
+        )

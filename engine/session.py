@@ -1,0 +1,138 @@
+"""Where the per-worker training loop runs: a Ray Train worker, or one process of its own.
+
+    run_loop(config, TrainSession())                      # inside a TorchTrainer worker
+    session = LocalSession(out, metric, datasets)          # a Tune trial's own process
+    run_loop(config, session); folder, metrics = session.best()
+
+The loop (``engine.train.run_loop``) asks its session for its rank, world size and device, the
+model prepared for it (DDP under Ray Train), the train dataset shard (stream mode), the
+checkpoint to restore, and hands it each epoch's metrics and checkpoint folder. A
+``LocalSession`` skips Ray Train's worker group and placement group: a one-worker Tune trial
+trains in the trial's own process, reports to Tune (which persists the checkpoints, so a
+restored search resumes the trial), and keeps the best and the last checkpoint in
+``out/checkpoints`` for the export.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from typing import Any
+
+
+class TrainSession:
+    """The loop inside a Ray Train V2 worker."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def dataset_shard(self, name: str):
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(folder) if folder is not None else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
+class LocalSession:
+    """The loop in this process (rank 0 of 1). Inside a Tune trial it reports to Tune and
+    restores from Tune's checkpoint; it keeps the best (by ``metric``) and the last
+    checkpoint under ``out/checkpoints``."""
+
+    def __init__(
+        self,
+        out: str,
+        metric: str,
+        datasets: dict[str, Any] | None = None,
+        device: Any = None,
+        tune: bool = True,
+    ) -> None:
+        import torch
+
+        self.rank, self.world = 0, 1
+        self.device = device if device is not None else torch.device("cpu")
+        self.out, self.metric, self.tune = out, metric, tune
+        self.datasets = datasets or {}
+        self.kept = kept_checkpoints(out)  # (folder, metrics): a resumed trial's earlier ones
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def dataset_shard(self, name: str):
+        return self.datasets[name]
+
+    def checkpoint(self):
+        if not self.tune:
+            return None
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], folder: str | None) -> None:
+        if folder is not None:
+            self._keep(metrics, folder)
+        if self.tune:
+            import ray.tune
+
+            ckpt = ray.tune.Checkpoint.from_directory(folder) if folder is not None else None
+            ray.tune.report(metrics, checkpoint=ckpt)
+
+    def _score(self, metrics: dict[str, Any]) -> float:
+        v = metrics.get(self.metric)
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            return -math.inf
+        return -v if self.metric == "val_loss" else v
+
+    def _keep(self, metrics: dict[str, Any], folder: str) -> None:
+        dest = os.path.join(self.out, "checkpoints", f"epoch-{int(metrics['epoch']):05d}")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(folder, dest)
+        self.kept.append((dest, dict(metrics)))
+        best = max(self.kept, key=lambda k: self._score(k[1]))
+        keep = {best[0], dest}
+        for path, _ in self.kept:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        self.kept = [k for k in self.kept if k[0] in keep]
+
+    def best(self) -> tuple[str, dict[str, Any]]:
+        """(folder, metrics) of the best checkpoint this session reported."""
+        if not self.kept:
+            raise RuntimeError("training reported no checkpoint")
+        return max(self.kept, key=lambda k: self._score(k[1]))
+
+
+def kept_checkpoints(out: str) -> list[tuple[str, dict[str, Any]]]:
+    """The checkpoints an earlier attempt of this trial kept (each holds its history)."""
+    import json
+
+    root = os.path.join(out, "checkpoints")
+    kept = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        history = os.path.join(root, name, "history.json")
+        if os.path.exists(history):
+            with open(history) as f:
+                rows = json.load(f)
+            if rows:
+                kept.append((os.path.join(root, name), rows[-1]))
+    return kept
