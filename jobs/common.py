@@ -46,6 +46,19 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     return load_spec(args.config or args.config_opt, args.overrides)
 
 
+def check_before_ray(spec: JobSpec, *, reads_data: bool = True) -> None:
+    """The checks that need no cluster, before Ray starts: the spec's cross-section rules and,
+    when the command reads the input (``reads_data``: prepare, run, or train/tune without
+    prepared splits), that ``data.path`` holds data files."""
+    from engine.data import resolve_source
+    from engine.prepare import check_prepare_spec
+    from engine.rundir import RunDir
+
+    if reads_data or RunDir(spec.run_dir).split_manifest() is None:
+        check_prepare_spec(spec)
+        resolve_source(spec.data.path, spec.data.format)
+
+
 def init_ray(address: str | None) -> None:
     """Connect to ``address`` / $RAY_ADDRESS, or start an embedded local Ray."""
     import ray

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from engine.pipeline import run_pipeline
 from engine.report import summary_rows
-from jobs.common import add_spec_args, console, err, run_main, spec_from_args
+from jobs.common import add_spec_args, check_before_ray, console, err, run_main, spec_from_args
 from jobs.tune import init_ray_for_tune
 
 
@@ -52,6 +52,7 @@ def summary_table(metrics: dict, title: str) -> Table:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
+    check_before_ray(spec)
     init_ray_for_tune(args.address)
     started: dict[str, float] = {}
 

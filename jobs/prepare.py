@@ -12,7 +12,7 @@ import sys
 from rich.table import Table
 
 from engine.prepare import prepare
-from jobs.common import add_spec_args, console, init_ray, run_main, spec_from_args
+from jobs.common import add_spec_args, check_before_ray, console, init_ray, run_main, spec_from_args
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
+    check_before_ray(spec)
     init_ray(args.address)
     result = prepare(spec, overwrite=args.overwrite)
     stats, splits = result.stats, result.splits.counts

@@ -16,7 +16,7 @@ from engine.io import join
 from engine.prepare import prepare
 from engine.rundir import RunDir
 from engine.train import fit
-from jobs.common import add_spec_args, console, init_ray, run_main, spec_from_args
+from jobs.common import add_spec_args, check_before_ray, console, init_ray, run_main, spec_from_args
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
+    check_before_ray(spec, reads_data=False)
     init_ray(args.address)
     if RunDir(spec.run_dir).split_manifest() is None:
         console.print(f"no complete splits in {spec.run_dir}: running prepare first")

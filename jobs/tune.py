@@ -17,7 +17,15 @@ from rich.table import Table
 from engine.prepare import prepare
 from engine.rundir import RunDir
 from engine.tune import METRICS, search
-from jobs.common import add_spec_args, console, err, init_ray, run_main, spec_from_args
+from jobs.common import (
+    add_spec_args,
+    check_before_ray,
+    console,
+    err,
+    init_ray,
+    run_main,
+    spec_from_args,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,6 +85,7 @@ def _fmt(v) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     spec = spec_from_args(args)
+    check_before_ray(spec, reads_data=False)
     init_ray_for_tune(args.address)
     if RunDir(spec.run_dir).split_manifest() is None:
         console.print(f"no complete splits in {spec.run_dir}: running prepare first")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -70,6 +71,21 @@ def test_prepare_needs_inputs_and_a_path(capsys):
     assert "data.path '/nowhere/x' does not exist" in capsys.readouterr().err
     assert cli.main(["prepare", "--set", "split.val=2"]) == 2
     assert "--set: split.val: must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["prepare", "run", "train", "tune"])
+def test_bad_input_is_refused_before_ray_starts(tmp_path, command):
+    """RAY_ADDRESS points at a port where no Ray listens: a command that started Ray first
+    would fail on the connection; it must fail on the input, naming it, and quickly."""
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{_free_port()}"}
+    cmd = [sys.executable, "-m", "jobs.cli", command, str(ROOT / "jobs/configs/digits_lt100.yaml")]
+    cmd += ["--set", f"data.path={tmp_path / 'missing'}", "--set", f"run_dir={tmp_path / 'run'}"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"data.path '{tmp_path / 'missing'}' does not exist" in proc.stderr
+    assert "Ray" not in proc.stderr and time.perf_counter() - t0 < 60
+    assert not (tmp_path / "run").exists()  # nothing written
 
 
 def test_stats_command_prints_the_table_and_writes_outputs(ray_local, trec50, tmp_path, capsys):
