@@ -1,0 +1,148 @@
+"""Search overhead: the wall time of a `raybalance tune` search (prepare included) and the
+per-trial overhead (a trial's wall time less the time in its training steps), median over the
+trials.
+
+    python benchmarks/bench_search.py --results benchmarks/RESULTS.md
+    python benchmarks/bench_search.py --code /path/to/other/checkout --label before ...
+
+The search: digits_lt100 (made by `raybalance datasets make`), the MLP head, 2 epochs, 1 worker
+per trial, `tune.num_samples` 12, the default search space. `--code` runs another checkout of
+the engine (its folder first on PYTHONPATH) with this machine's packages, for before/after rows
+on the same machine in the same session.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common import machine, update_section
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTION = "## Search overhead (bench_search.py)"
+INTRO = (
+    f"{SECTION}\n\n"
+    "Wall time of `raybalance tune` on digits_lt100 (prepare included; 12 trials of 2 epochs, "
+    "the MLP head, 1 worker per trial) and the per-trial overhead: a trial's wall time "
+    "(Tune's `time_total_s` at its last report) less the seconds in its training steps "
+    "(steps × batch / samples per second of each epoch), median over the trials. Each row is "
+    "one run, in a fresh process with its own embedded Ray. See `benchmarks/bench_search.py`.\n"
+)
+
+
+def trial_times(run: Path, batch: int) -> tuple[list[float], list[float]]:
+    walls, steps = [], []
+    for path in glob.glob(str(run / "tune/ray/tune/*/result.json")):
+        rows = [json.loads(line) for line in open(path) if line.strip()]
+        if not rows:
+            continue
+        walls.append(float(rows[-1]["time_total_s"]))
+        steps.append(
+            sum(r["steps"] * batch / r["samples_per_s"] for r in rows if r.get("samples_per_s"))
+        )
+    return walls, steps
+
+
+def run_search(code: Path, data: Path, run: Path, trials: int, epochs: int) -> float:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "jobs.cli", "tune", "jobs/configs/digits_lt100.yaml"]
+    for s in (
+        f"data.path={data}",
+        f"run_dir={run}",
+        f"tune.num_samples={trials}",
+        f"train.epochs={epochs}",
+        "train.num_workers=1",
+    ):
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--code", type=Path, default=ROOT, help="the checkout to run")
+    p.add_argument("--label", default="this checkout")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--results", type=Path)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    try:
+        data = work / "digits"
+        subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "datasets", "make", "digits_lt100", "--out", data],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        load = os.getloadavg()[0]
+        wall = run_search(args.code.resolve(), data, work / "run", args.trials, args.epochs)
+        walls, steps = trial_times(work / "run", batch=32)
+    finally:
+        keep = work / "run" / "tune" / "results.parquet"
+        best = None
+        if keep.exists():
+            import pandas as pd
+
+            best = float(pd.read_parquet(keep)["val_macro_f1"].max())
+        shutil.rmtree(work, ignore_errors=True)
+    over = [w - s for w, s in zip(walls, steps)]
+    row = (
+        f"| {args.label} | {wall:.1f} | {len(walls)} | {statistics.median(walls):.1f} | "
+        f"{statistics.median(steps):.2f} | {statistics.median(over):.1f} | {best:.4f} | "
+        f"{load:.2f} |"
+    )
+    print(row)
+    if args.results:
+        heading = "### digits_lt100, 12 trials × 2 epochs, MLP, 1 worker"
+        old = args.results.read_text() if args.results.exists() else ""
+        rows = [ln for ln in old.splitlines() if ln.startswith("| ") and "search s" not in ln]
+        rows = [r for r in rows if r.split("|")[1].strip() in _labels(old, heading)]
+        body = "\n".join(
+            [
+                f"- Machine: {machine({'ray': _ray_version()})}",
+                f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+                "- Command: `python benchmarks/bench_search.py [--code DIR --label L] --results "
+                "benchmarks/RESULTS.md`",
+                "",
+                "| code | search s (prepare included) | trials | median trial wall s | "
+                "median training-step s | median overhead s | best val macro-F1 | load (1 min) |",
+                "|---|--:|--:|--:|--:|--:|--:|--:|",
+                *[r for r in rows if r.split("|")[1].strip() != args.label],
+                row,
+            ]
+        )
+        update_section(args.results, SECTION, INTRO, heading, body)
+    return 0
+
+
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def _labels(text: str, heading: str) -> set[str]:
+    """The code labels already in this subsection's table (their rows are kept)."""
+    if heading not in text:
+        return set()
+    part = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    return {ln.split("|")[1].strip() for ln in part.splitlines() if ln.startswith("| ")}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
