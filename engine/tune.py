@@ -124,6 +124,7 @@ EXPERIMENT = "tune"  # RunConfig(name=...): the experiment is RUN_DIR/tune/ray/t
 METRICS = VAL_METRICS
 SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
 TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
+LIGHT_TRIAL_CPU = 0.5  # a one-worker trial of a small model (MLP head, lexical) packs this close
 LOSSES = tuple(n for n in LOSS_NAMES if n != "class_balanced")  # searched by default
 
 
@@ -341,8 +342,12 @@ def trial_resources(
     streaming: bool,
     trials: int,
     limit: int | None = None,
+    light: bool = False,
 ) -> TrialResources:
     """How many trials run at once and the CPUs of each trial's Train workers.
+
+    ``light``: one-worker trials of small models (an MLP head, the lexical model) that need
+    less than a CPU each: they are packed ``LIGHT_TRIAL_CPU`` apart instead of 1 CPU apart.
 
     One CPU is kept for Ray Data and resampling tasks (on a 1-CPU cluster, half of it when the
     workers stream). The rest holds every running trial: its 0.01-CPU trial actor and
@@ -363,8 +368,9 @@ def trial_resources(
     eps = 1e-9
     if train.cpus_per_worker is not None:
         fit = int((usable + eps) // (nw * train.cpus_per_worker + TRIAL_CPU))
-    else:
-        fit = int((usable + eps) // nw)  # 1 CPU per worker, less the trial actors' share
+    else:  # 1 CPU per worker (light trials: less), less the trial actors' share
+        per = LIGHT_TRIAL_CPU if light and nw == 1 and not train.use_gpu else 1.0
+        fit = int((usable + eps) // (nw * per))
     n = max(1, fit)
     if train.use_gpu:
         n = min(n, max(1, int((gpus + eps) // nw)))
@@ -784,6 +790,13 @@ def finished_search_matches(spec: JobSpec) -> bool:
     return read_json(record) == _search_record(spec, space)
 
 
+def _light(spec: JobSpec, space: Mapping[str, Dist]) -> bool:
+    """Whether every trial trains a small model (an MLP head or the lexical model)."""
+    d = space.get("model.kind")
+    kinds = d.args if d is not None else (spec.model.kind,)
+    return set(kinds) <= {"mlp", "lexical"}
+
+
 def _clear_finished(tune_dir: str, overwrite: bool) -> None:
     """Refuse a finished search without ``overwrite``; with it, clear the folder."""
     if os.path.exists(os.path.join(tune_dir, rundir.RESULTS)):
@@ -849,6 +862,7 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
         streaming="stream" in modes,
         trials=t.num_samples * grid_size(space),
         limit=t.max_concurrent_trials,
+        light=_light(spec, space),
     )
     train = replace(spec.train, cpus_per_worker=res.cpus_per_worker, metric=t.metric)
     job = asdict(replace(spec, train=train))

@@ -228,6 +228,9 @@ def _fits(cluster, train, res, reserve):
         ({"CPU": 16, "GPU": 4}, {"use_gpu": True, "num_workers": 2}, {}, (2, 3.74)),
         ({"CPU": 8}, {"cpus_per_worker": 2.0}, {}, (3, 2.0)),
         ({"CPU": 1}, {}, {"streaming": True}, (1, 0.49)),  # half of one CPU for the stream
+        ({"CPU": 2}, {}, {"light": True}, (2, 0.49)),  # small models: two trials per CPU
+        ({"CPU": 16}, {}, {"light": True, "trials": 64}, (30, 0.49)),
+        ({"CPU": 16}, {"num_workers": 2}, {"light": True}, (7, 1.06)),  # only one-worker trials
     ],
 )
 def test_max_concurrent_trials_is_derived_from_the_cluster(cluster, train, kw, expected):
