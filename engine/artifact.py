@@ -234,6 +234,26 @@ def verify_artifact(path: str) -> dict[str, Any]:
     return manifest
 
 
+def _inside(root: str, rel: Any, key: str) -> str:
+    """``root/rel`` when it is a folder inside the artifact (no absolute path, no ``..``, no
+    link out), else a ValueError naming the manifest key: the verified files are all that
+    may ever be loaded."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+        raise ValueError(
+            f"{os.path.join(root, MANIFEST)}: {key}={rel!r} must be a folder inside the "
+            "artifact; rebuild the artifact"
+        )
+    full = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([full, os.path.realpath(root)]) != os.path.realpath(root):
+        raise ValueError(
+            f"{os.path.join(root, MANIFEST)}: {key}={rel!r} points outside the artifact; "
+            "rebuild the artifact"
+        )
+    if not os.path.isdir(full):
+        raise ValueError(f"{os.path.join(root, MANIFEST)}: {key}={rel!r} is not a folder in it")
+    return full
+
+
 def load_artifact(path: str) -> Artifact:
     """Verify and read an artifact's manifest, label map and thresholds (models load later,
     in the scoring actors, from the verified folders)."""
@@ -245,13 +265,14 @@ def load_artifact(path: str) -> Artifact:
         label_map = LabelMap.from_json(json.load(f))
     with open(os.path.join(path, THRESHOLDS)) as f:
         thresholds = Thresholds.from_json(json.load(f))
-    members = [ModelRef(**{**m, "dir": os.path.join(path, m["dir"])}) for m in manifest["members"]]
+    members = [
+        ModelRef(**{**m, "dir": _inside(path, m["dir"], f"members[{i}].dir")})
+        for i, m in enumerate(manifest["members"])
+    ]
     embed = None
     if manifest.get("embed"):
-        embed = build_section(
-            EmbedSpec,
-            {**manifest["embed"], "model": os.path.join(path, manifest["embed"]["model"])},
-        )
+        model = _inside(path, manifest["embed"]["model"], "embed.model")
+        embed = build_section(EmbedSpec, {**manifest["embed"], "model": model})
     if len(manifest["weights"]) != len(members):
         raise ValueError(f"{path}: {len(members)} members but {len(manifest['weights'])} weights")
     return Artifact(path, manifest, label_map, thresholds, members, embed)

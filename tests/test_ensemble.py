@@ -284,6 +284,38 @@ def test_a_changed_file_a_planted_pickle_or_an_unlisted_file_is_refused(built, t
         load_artifact(str(tmp_path))
 
 
+def test_manifest_paths_outside_the_artifact_are_refused(built, tmp_path):
+    """The manifest names the member and encoder folders; a rewritten manifest must not make
+    the loader read weights or tokenizers from outside the verified files."""
+    outside = tmp_path / "outside"
+    shutil.copytree(Path(built["artifact"]) / "members" / "m1", outside)
+    cases = [
+        ("members", 0, "dir", "../outside", r"members\[0\]\.dir='../outside' points outside"),
+        ("members", 0, "dir", str(outside), r"members\[0\]\.dir=.* must be a folder inside"),
+        ("members", 1, "dir", "members/m9", r"members\[1\]\.dir='members/m9' is not a folder"),
+        ("embed", None, "model", "/etc", r"embed\.model='/etc' must be a folder inside"),
+        ("embed", None, "model", "encoder/../..", r"embed\.model=.* points outside"),
+    ]
+    for section, index, key, value, match in cases:
+        art = tmp_path / "art"
+        shutil.rmtree(art, ignore_errors=True)
+        shutil.copytree(built["artifact"], art)
+        manifest = json.loads((art / "manifest.json").read_text())
+        entry = manifest[section] if index is None else manifest[section][index]
+        entry[key] = value
+        (art / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=match):
+            load_artifact(str(art))
+    # a link inside the artifact that leads out is refused the same way
+    art = tmp_path / "art"
+    shutil.rmtree(art)
+    shutil.copytree(built["artifact"], art)
+    shutil.rmtree(art / "members" / "m1")
+    os.symlink(outside, art / "members" / "m1")
+    with pytest.raises(ValueError, match="points outside|does not match its manifest"):
+        load_artifact(str(art))
+
+
 def test_writing_refuses_members_with_pickled_files_and_leaves_no_half_artifact(built, tmp_path):
     refs = built["refs"]
     bad = tmp_path / "bad_member"
