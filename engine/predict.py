@@ -17,6 +17,7 @@ is renamed into place when complete; an existing ``out`` is replaced only with `
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -27,7 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data import ROW, read_dataset, read_schema, resolve_source, write_in_source_order
+from engine.data import (
+    ROW,
+    Fragment,
+    Source,
+    iter_fragment,
+    read_dataset,
+    read_schema,
+    resolve_source,
+    run_fragments,
+    write_in_source_order,
+)
 from engine.ensemble import (
     MANIFEST,
     load_artifact,
@@ -84,6 +95,58 @@ def _needed(art, schema: pa.Schema, data: str) -> dict[str, Any]:
     return resolve_scoring_columns(columns, schema)
 
 
+def _feature_columns(art, columns: dict[str, Any], names: list[str]) -> list[str]:
+    """The input columns whose numbers reach a member as they are."""
+    kinds = {m.inputs for m in art.members}
+    out: list[str] = []
+    if "features" in kinds:
+        out += list(columns["features"]) + ([columns["vector"]] if columns["vector"] else [])
+    if "embedding" in kinds and art.embed is not None and art.embed.column in names:
+        out.append(art.embed.column)
+    return out
+
+
+def _count_bad(source: Source, frags: list[Fragment], names: list[str]) -> dict[str, list[int]]:
+    """Per column: [NaN or infinite values, nulls] in these fragments (list columns: their
+    elements)."""
+    out = {c: [0, 0] for c in names}
+    for frag in frags:
+        for table in iter_fragment(source, frag, names):
+            for c in names:
+                values = table.column(c)
+                nulls = values.null_count
+                t = values.type
+                if (
+                    pa.types.is_list(t)
+                    or pa.types.is_large_list(t)
+                    or pa.types.is_fixed_size_list(t)
+                ):
+                    values = pc.list_flatten(values)
+                    nulls += values.null_count
+                if pa.types.is_floating(values.type):
+                    out[c][0] += pc.sum(pc.invert(pc.is_finite(values))).as_py() or 0
+                out[c][1] += nulls
+    return out
+
+
+def check_features(source: Source, names: list[str], data: str) -> None:
+    """Refuse input whose feature values are NaN, infinite or null, with the counts per column,
+    before any model runs."""
+    if not names:
+        return
+    parts = run_fragments(
+        source, functools.partial(_count_bad, names=names), description="predict: checking features"
+    )
+    total = {c: [sum(p[c][0] for p in parts), sum(p[c][1] for p in parts)] for c in names}
+    bad = {c: v for c, v in total.items() if v[0] or v[1]}
+    if bad:
+        what = "; ".join(f"{c!r}: {n} NaN/infinite, {z} null" for c, (n, z) in bad.items())
+        raise ValueError(
+            f"{data}: feature values the models cannot score ({what}); drop or fill those rows "
+            "first — nothing was written"
+        )
+
+
 def predict(
     artifact: str,
     data: str,
@@ -118,6 +181,7 @@ def predict(
     if exists(fs, root) and not overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
 
+    check_features(source, _feature_columns(art, columns, list(schema.names)), data)
     ds = read_dataset(source, ordered=True)  # each row carries its place: output in input order
     scored = map_scorer(
         ds,

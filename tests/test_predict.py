@@ -109,3 +109,27 @@ def test_the_predict_command_prints_counts_and_fails_cleanly(ensemble_artifact, 
     assert f"predicted {table.num_rows} row(s)" in capsys.readouterr().out
     assert cli.main(["predict", str(tmp_path), str(folder), "--out", str(out)]) == 2
     assert "has no manifest.json" in capsys.readouterr().err
+
+
+def test_nan_infinite_or_null_features_are_refused_with_counts_before_the_models_run(
+    ensemble_artifact, tmp_path
+):
+    """The MLP member reads the data's own embedding column when it has one: its bad values
+    are counted per column and nothing is written."""
+    built = ensemble_artifact
+    folder, table = _raw(built, tmp_path, rows=30)
+    vectors = [[0.1, 0.2, 0.3, 0.4] for _ in range(table.num_rows)]
+    vectors[3][1] = float("nan")
+    vectors[7][0] = float("inf")
+    vectors[8] = [float("nan")] * 2 + [0.0, 0.0]
+    vectors[9] = None
+    bad = table.append_column("embedding", pa.array(vectors, pa.list_(pa.float32())))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    pq.write_table(bad, folder / "a.parquet")
+    out = tmp_path / "pred"
+    with pytest.raises(
+        ValueError, match=r"'embedding': 4 NaN/infinite, 1 null.*nothing was written"
+    ):
+        predict(built["artifact"], str(folder), str(out))
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
