@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -325,6 +326,10 @@ def fragments(source: Source, target: int) -> list[Fragment]:
     return out
 
 
+READ_RETRIES = 3  # a read that fails with an I/O error is retried this often, then reported
+RETRY_BACKOFF_S = 0.2  # doubled at each retry
+
+
 def iter_fragment(
     source: Source,
     fragment: Fragment,
@@ -335,37 +340,64 @@ def iter_fragment(
     """Stream one fragment as tables of at most ``batch_rows`` rows (``columns`` only).
 
     ``schema`` (the first file's) fixes CSV/JSON type inference so every file reads alike.
+    A transient I/O error (``OSError``: a dropped connection, a busy object store) reopens the
+    fragment and goes on after the batches already given, up to ``READ_RETRIES`` times; a file
+    that cannot be parsed (or keeps failing) raises ``ValueError`` naming it.
     """
+    done, failures = 0, 0
+    while True:
+        try:
+            for i, table in enumerate(
+                _read_fragment(source, fragment, columns, schema, batch_rows)
+            ):
+                if i >= done:
+                    done += 1
+                    yield table
+            return
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ValueError(f"cannot read {fragment.path} as {source.format}: {e}") from None
+        except OSError as e:
+            failures += 1
+            if failures > READ_RETRIES:
+                raise ValueError(
+                    f"cannot read {fragment.path} as {source.format}: {e} (failed {failures} times)"
+                ) from None
+            time.sleep(RETRY_BACKOFF_S * 2 ** (failures - 1))
+
+
+def _read_fragment(
+    source: Source,
+    fragment: Fragment,
+    columns: Sequence[str] | None,
+    schema: pa.Schema | None,
+    batch_rows: int,
+) -> Iterator[pa.Table]:
     fs = source.filesystem
     cols = list(columns) if columns is not None else None
-    try:
-        if source.format == "parquet":
-            pf = pq.ParquetFile(fragment.path, filesystem=fs)
-            it = pf.iter_batches(
-                batch_size=batch_rows, row_groups=fragment.row_groups, columns=cols
+    if source.format == "parquet":
+        pf = pq.ParquetFile(fragment.path, filesystem=fs)
+        for b in pf.iter_batches(
+            batch_size=batch_rows, row_groups=fragment.row_groups, columns=cols
+        ):
+            yield pa.Table.from_batches([b])
+        return
+    with fs.open_input_stream(fragment.path) as f:
+        if source.format == "csv":
+            conv = (
+                pacsv.ConvertOptions(column_types=schema, include_columns=cols)
+                if schema is not None
+                else pacsv.ConvertOptions(include_columns=cols)
             )
-            for b in it:
-                yield pa.Table.from_batches([b])
-            return
-        with fs.open_input_stream(fragment.path) as f:
-            if source.format == "csv":
-                conv = (
-                    pacsv.ConvertOptions(column_types=schema, include_columns=cols)
-                    if schema is not None
-                    else pacsv.ConvertOptions(include_columns=cols)
-                )
-                reader = pacsv.open_csv(f, convert_options=conv)
-            else:
-                parse = pajson.ParseOptions(explicit_schema=schema) if schema is not None else None
-                reader = pajson.open_json(f, parse_options=parse)
-            for b in reader:
-                t = pa.Table.from_batches([b])
-                if cols is not None and source.format == "jsonl":
-                    t = t.select(cols)
-                for off in range(0, t.num_rows, batch_rows):
-                    yield t.slice(off, batch_rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        raise ValueError(f"cannot read {fragment.path} as {source.format}: {e}") from None
+            reader = pacsv.open_csv(f, convert_options=conv)
+        else:
+            parse = pajson.ParseOptions(explicit_schema=schema) if schema is not None else None
+            reader = pajson.open_json(f, parse_options=parse)
+        for b in reader:
+            t = pa.Table.from_batches([b])
+            if cols is not None and source.format == "jsonl":
+                t = t.select(cols)
+            for off in range(0, t.num_rows, batch_rows):
+                yield t.slice(off, batch_rows)
 
 
 def _apply(task: Callable[[Source, list[Fragment]], Any], source: Source, frags: list[Fragment]):

@@ -266,3 +266,105 @@ def test_a_file_missing_a_column(ray_local, tmp_path):
     _parquet(tmp_path / "d" / "b.parquet", label=[0, 1])
     with pytest.raises(ValueError, match=r"b.parquet lacks columns \['text'\]"):
         _stats(tmp_path / "d", label="label", text="text")
+
+
+class _Flaky(pafs.FileSystemHandler):
+    """The local filesystem, whose first ``fail`` opens for reading fail with an I/O error."""
+
+    def __init__(self, fail: int):
+        self.local = pafs.LocalFileSystem()
+        self.fail = fail
+
+    def _maybe_fail(self):
+        if self.fail > 0:
+            self.fail -= 1
+            raise OSError("connection reset by peer (injected)")
+
+    def open_input_file(self, path):
+        self._maybe_fail()
+        return self.local.open_input_file(path)
+
+    def open_input_stream(self, path):
+        self._maybe_fail()
+        return self.local.open_input_stream(path)
+
+    def get_type_name(self):
+        return "flaky"
+
+    def equals(self, other):
+        return self is other
+
+    def get_file_info(self, paths):
+        return self.local.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self.local.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self.local.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self.local.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok):
+        self.local.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise NotImplementedError
+
+    def delete_file(self, path):
+        self.local.delete_file(path)
+
+    def move(self, src, dest):
+        self.local.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self.local.copy_file(src, dest)
+
+    def open_output_stream(self, path, metadata):
+        return self.local.open_output_stream(path)
+
+    def open_append_stream(self, path, metadata):
+        return self.local.open_append_stream(path)
+
+    def normalize_path(self, path):
+        return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_transient_read_error_is_retried_and_no_row_is_lost_or_repeated(
+    tmp_path, fmt, monkeypatch
+):
+    import engine.data as data
+
+    table = pa.table({"id": np.arange(5000), "y": np.arange(5000) % 3})
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, path, row_group_size=1000)
+    else:
+        pacsv.write_csv(table, path)
+    frag = data.Fragment(str(path))
+
+    def read(handler):
+        fs = pafs.PyFileSystem(handler)
+        source = data.Source(str(path), (str(path),), fmt, fs)
+        schema = table.schema if fmt == "csv" else None
+        got = [t for t in data.iter_fragment(source, frag, schema=schema, batch_rows=700)]
+        return pa.concat_tables(got).column("id").to_pylist()
+
+    assert read(_Flaky(fail=2)) == table.column("id").to_pylist()  # failed opens
+    # a stream that breaks after three batches were given: the retry goes on after them
+    real, attempts = data._read_fragment, []
+
+    def breaks_once(*args):
+        attempts.append(1)
+        for i, t in enumerate(real(*args)):
+            if i == 3 and len(attempts) == 1:
+                raise OSError("connection reset by peer (injected)")
+            yield t
+
+    monkeypatch.setattr(data, "_read_fragment", breaks_once)
+    assert read(_Flaky(fail=0)) == table.column("id").to_pylist() and len(attempts) == 2
+    monkeypatch.setattr(data, "_read_fragment", real)
+    with pytest.raises(ValueError, match=rf"cannot read .*t\.{fmt}.*failed 4 times"):
+        read(_Flaky(fail=10))
