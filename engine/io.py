@@ -140,7 +140,7 @@ def writer_temp_dir(fs: pafs.FileSystem, final_dir: str) -> str:
 def clear_stale_temps(fs: pafs.FileSystem, final_dir: str) -> list[str]:
     """Remove the temporary folders (and moved-aside old copies) that a killed writer of
     ``final_dir`` left beside it; returns their paths. A run directory has one writer at a time
-    (``claim_run_dir``), so any such folder is a dead writer's."""
+    (``RunDir.lock``), so any such folder is a dead writer's."""
     head, _, tail = final_dir.rstrip("/").rpartition("/")
     if not head:
         return []

@@ -398,10 +398,16 @@ def run_pipeline(
     ``on_stage(stage, event)`` is called with ``"start"``, ``"skip"`` and ``"done"``.
     Needs a Ray with the dashboard on for the tune stage (see ``engine.tune.search``).
     """
-    from engine.prepare import prepare
 
     spec = replace(spec, run_dir=local_dir(spec.run_dir, "raybalance run"))
     run = RunDir(spec.run_dir)
+    with run.lock("raybalance run"):
+        return _run_stages(spec, run, on_stage, overwrite)
+
+
+def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> PipelineResult:
+    from engine.prepare import prepare
+
     p = _Progress(run, on_stage or (lambda stage, event: None))
 
     def prepare_stage() -> None:  # prepare skips its own up-to-date steps

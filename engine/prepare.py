@@ -110,11 +110,12 @@ def prepare(spec: JobSpec, *, overwrite: bool = False) -> PrepareResult:
     check_prepare_spec(spec)
     run = RunDir(spec.run_dir)
     source = resolve_source(spec.data.path, spec.data.format)
-    done = _stats_and_splits(spec, run, source, overwrite)
-    embed_key = _embed_step(spec, run, done)
-    resampled = _resample_step(spec, run, done, embed_key)
+    with run.lock("raybalance prepare"):
+        done = _stats_and_splits(spec, run, source, overwrite)
+        embed_key = _embed_step(spec, run, done)
+        resampled = _resample_step(spec, run, done, embed_key)
+        _plot_and_spec(spec, run, done, resampled)
     warnings = done.warnings + (resampled.warnings if resampled is not None else [])
-    _plot_and_spec(spec, run, done, resampled)
     return PrepareResult(spec.run_dir, done.stats, done.splits, warnings, resampled)
 
 

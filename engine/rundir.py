@@ -25,6 +25,12 @@ folder names and the run-level files are this module's.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,7 +39,7 @@ import numpy as np
 from engine import resample
 from engine.config import SPLIT_SECTIONS, STAGE_SECTIONS, JobSpec
 from engine.data import LABEL_MAP_JSON, LabelMap
-from engine.io import exists, filesystem_and_path, join, read_json, write_json_atomic
+from engine.io import exists, filesystem_and_path, is_uri, join, read_json, write_json_atomic
 from engine.split import MANIFEST as SPLIT_MANIFEST
 from engine.split import read_manifest
 
@@ -55,6 +61,7 @@ SCORES = "scores.safetensors"
 PIPELINE = "pipeline.json"
 METRICS = "metrics.json"  # a trained folder's last write (train/, baseline/, trials)
 RESULTS = "results.parquet"  # tune/
+LOCK = ".raybalance.lock"  # the writer that holds the folder (pid, host, command, since)
 
 
 @dataclass(frozen=True)
@@ -229,3 +236,69 @@ class RunDir:
                 f"the splits in {self.path} were prepared with another {', '.join(stale)} spec; "
                 "run `raybalance prepare --overwrite` with this spec first, or use another run_dir"
             )
+
+    # ---- one writer at a time
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the folder for this process while ``command`` writes it: a second writer is
+        refused naming the holder; a lock left by a dead process on this host is taken over;
+        the same process may nest. Folders behind a URI are not locked (no atomic create)."""
+        if is_uri(self.path):
+            yield
+            return
+        os.makedirs(self.path, exist_ok=True)
+        path = os.path.join(self.path, LOCK)
+        mine = _take_lock(path, command)
+        try:
+            yield
+        finally:
+            if mine:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+
+
+def _take_lock(path: str, command: str) -> bool:
+    """Create the lock file; returns False when this process already holds it."""
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None:
+                continue  # released (or half-written) meanwhile: try again
+            if holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
+                return False
+            if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)  # its writer died: take it over
+                continue
+            raise ValueError(
+                f"{os.path.dirname(path)} is being written by `{holder.get('command')}` (pid "
+                f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); "
+                f"wait for it to finish, or remove {path} if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({**me, "since": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        return True
+    raise ValueError(f"could not take {path}: it keeps changing; is another writer starting?")
+
+
+def _holder(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

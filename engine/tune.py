@@ -844,14 +844,20 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
             interrupted search made with another spec, trials that cannot all fit on the
             cluster, or workers without the state API.
     """
+
+    t = spec.tune
+    spec, _, space = _search_inputs(spec)
+    with RunDir(spec.run_dir).lock("raybalance tune"):
+        return _search(spec, t, space, overwrite)
+
+
+def _search(spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool) -> TuneResult:
     import pandas as pd
     import ray
     from ray import tune
 
     from engine.io import join
 
-    t = spec.tune
-    spec, _, space = _search_inputs(spec)
     tune_dir = RunDir(spec.run_dir).tune
     _clear_finished(tune_dir, overwrite)
     check_trainer_cleanup()

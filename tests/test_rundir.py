@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,3 +76,54 @@ def test_a_folder_without_splits_says_what_to_run(tmp_path):
     with pytest.raises(ValueError, match="no complete splits: run `raybalance prepare` first"):
         RunDir(str(tmp_path)).require_splits()
     assert RunDir(str(tmp_path)).split_manifest() is None
+
+
+def _holder_process(run: Path, ready: Path) -> subprocess.Popen:
+    code = (
+        "import sys, time, pathlib\n"
+        "from engine.rundir import RunDir\n"
+        f"with RunDir({str(run)!r}).lock('raybalance prepare'):\n"
+        f"    pathlib.Path({str(ready)!r}).write_text('held')\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    return proc
+
+
+def test_one_writer_per_run_folder_and_a_dead_writers_lock_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    holder = _holder_process(run, tmp_path / "ready")
+    try:
+        with pytest.raises(ValueError) as e:
+            with RunDir(str(run)).lock("raybalance run"):
+                pass
+        msg = str(e.value)
+        assert f"pid {holder.pid}" in msg and "`raybalance prepare`" in msg
+        assert "remove" in msg and ".raybalance.lock" in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".raybalance.lock").exists()  # left behind by the killed writer
+    with RunDir(str(run)).lock("raybalance run"):  # taken over: its pid is gone
+        with RunDir(str(run)).lock("raybalance prepare"):  # the same process may nest
+            held = json.loads((run / ".raybalance.lock").read_text())
+            assert held["pid"] == os.getpid() and held["command"] == "raybalance run"
+        assert (run / ".raybalance.lock").exists()  # the inner one did not release it
+    assert not (run / ".raybalance.lock").exists()
+
+
+def test_prepare_is_refused_while_another_writer_holds_the_folder(prepared, tmp_path):
+    run = Path(prepared.run_dir)
+    stamp = (run / "splits" / "_manifest.json").stat().st_mtime_ns
+    holder = _holder_process(run, tmp_path / "ready")
+    try:
+        with pytest.raises(ValueError, match=f"being written by .* \\(pid {holder.pid} "):
+            prepare(prepared, overwrite=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / "splits" / "_manifest.json").stat().st_mtime_ns == stamp  # untouched
