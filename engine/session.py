@@ -21,6 +21,11 @@ import shutil
 from typing import Any
 
 
+class TrainingFailed(RuntimeError):
+    """Training failed past ``train.max_failures``; the message names the failure and the last
+    good checkpoint."""
+
+
 class TrainSession:
     """The loop inside a Ray Train V2 worker."""
 

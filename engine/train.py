@@ -73,6 +73,7 @@ from engine.models import (
     tokenize,
 )
 from engine.rundir import RunDir
+from engine.session import TrainingFailed
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
@@ -614,11 +615,49 @@ def fit(
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
-    result = _trainer(spec, out, config, datasets, callbacks).fit()
+    from ray.train import TrainingFailedError
+
+    try:
+        result = _trainer(spec, out, config, datasets, callbacks).fit()
+    except TrainingFailedError as e:
+        raise TrainingFailed(_failure_line(e, spec, out)) from e
     if result.error is not None:
-        raise result.error
+        raise TrainingFailed(_failure_line(result.error, spec, out)) from result.error
     best_dir, history, best = export_best(result, spec, out)
     return TrainResult(run.path, best_dir, history, best)
+
+
+def _failure_line(error: BaseException, spec: JobSpec, out: str) -> str:
+    """One line: what failed, after how many restarts, and the last good checkpoint of this
+    run (its model folder loads with ``engine.models.load_model``)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    cause = next(
+        (ln for ln in reversed(lines) if ":" in ln and not ln.startswith(("File ", "^", "~"))),
+        lines[-1] if lines else type(error).__name__,
+    )
+    where = "no checkpoint was saved"
+    last = _last_checkpoint(out)
+    if last is not None:
+        where = (
+            f"the last good checkpoint (after epoch {last[1]}) is {os.path.join(last[0], 'model')}"
+        )
+    return (
+        f"training failed after {spec.train.max_failures} restart(s) "
+        f"(train.max_failures): {cause[:300]}; {where}"
+    )
+
+
+def _last_checkpoint(out: str) -> tuple[str, int] | None:
+    """(folder, epochs) of the checkpoint with the longest history under ``out/ray``."""
+    import glob
+
+    best = None
+    for path in glob.glob(os.path.join(out, "ray", "*", "checkpoint_*", "history.json")):
+        with open(path) as f:
+            epochs = len(json.load(f))
+        if best is None or epochs > best[1]:
+            best = (os.path.dirname(path), epochs)
+    return best
 
 
 def _fit_folders(spec: JobSpec, out_dir: str | None, overwrite: bool) -> tuple[RunDir, str]:

@@ -88,10 +88,12 @@ def run_main(fn, argv: list[str] | None) -> int:
     when ``RAYBALANCE_TRACEBACK=1``)."""
     import os
 
+    from engine.session import TrainingFailed
+
     setup_logging()
     try:
         fn(argv)
-    except (SpecError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (SpecError, ValueError, TypeError, FileNotFoundError, ImportError, TrainingFailed) as e:
         if os.environ.get("RAYBALANCE_TRACEBACK") == "1":
             err.print_exception()
         err.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True)

@@ -198,3 +198,36 @@ def test_one_worker_in_this_process_trains_as_a_torch_trainer_worker(
     assert not (tmp_path / "local" / "checkpoints").exists()  # only best/ and metrics.json stay
     with pytest.raises(ValueError, match="holds a finished training run"):
         fit_in_process(spec, out_dir=str(tmp_path / "local"), tune=False)
+
+
+def _exit_always(epoch: int):
+    def hook(e: int, s: int, r: int) -> None:
+        if e == epoch and s == 0 and r == 0:
+            os._exit(1)
+
+    return hook
+
+
+@pytest.mark.slow
+def test_failing_past_max_failures_names_the_failure_and_a_checkpoint_that_loads(
+    ray_local, digits, tmp_path, capsys
+):
+    from engine.session import TrainingFailed
+    from jobs.common import run_main
+
+    spec = _spec(digits, tmp_path / "run", "train.num_workers=1", "train.max_failures=0")
+    prepare(spec)
+    with pytest.raises(TrainingFailed) as e:
+        fit(spec, step_hook=_exit_always(epoch=1))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("training failed after 0 restart(s)")
+    assert "the last good checkpoint (after epoch 1) is " in msg
+    model_dir = msg.rsplit(" is ", 1)[1]
+    model, label_map = load_model(model_dir)
+    assert len(label_map) == 10 and model(torch.randn(2, 64)).shape == (2, 10)
+
+    def job(argv):
+        raise e.value
+
+    assert run_main(job, []) == 2  # the CLI prints it as one line, no traceback
+    assert "error: training failed after 0 restart(s)" in capsys.readouterr().err
