@@ -285,8 +285,9 @@ def _trial_notes(table, run: RunDir) -> tuple[Any, list[str]]:
         for _, r in errors.iterrows()
     ]
     summary = run.join(rundir.TUNE, SUMMARY)
-    if os.path.exists(summary) and read_json(summary).get("note"):
-        notes.append(f"tune: {read_json(summary)['note']}")
+    note = read_json(summary).get("note") if os.path.exists(summary) else None
+    if note:
+        notes.append(f"tune: {note}")
     return errors, notes
 
 
@@ -398,7 +399,6 @@ def run_pipeline(
     ``on_stage(stage, event)`` is called with ``"start"``, ``"skip"`` and ``"done"``.
     Needs a Ray with the dashboard on for the tune stage (see ``engine.tune.search``).
     """
-
     spec = replace(spec, run_dir=local_dir(spec.run_dir, "raybalance run"))
     run = RunDir(spec.run_dir)
     with run.lock("raybalance run"):

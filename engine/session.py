@@ -21,6 +21,17 @@ import shutil
 from typing import Any
 
 
+def error_line(error: BaseException | None) -> str | None:
+    """The line of an error (often a remote traceback) that says what went wrong."""
+    if error is None:
+        return None
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ":" in ln and not ln.startswith(("File ", "^", "~")):
+            return ln[:1000]
+    return (lines[-1] if lines else type(error).__name__)[:1000]
+
+
 class TrainingFailed(RuntimeError):
     """Training failed past ``train.max_failures``; the message names the failure and the last
     good checkpoint."""

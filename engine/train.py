@@ -73,7 +73,7 @@ from engine.models import (
     tokenize,
 )
 from engine.rundir import RunDir
-from engine.session import TrainingFailed
+from engine.session import TrainingFailed, error_line
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
@@ -630,11 +630,7 @@ def fit(
 def _failure_line(error: BaseException, spec: JobSpec, out: str) -> str:
     """One line: what failed, after how many restarts, and the last good checkpoint of this
     run (its model folder loads with ``engine.models.load_model``)."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    cause = next(
-        (ln for ln in reversed(lines) if ":" in ln and not ln.startswith(("File ", "^", "~"))),
-        lines[-1] if lines else type(error).__name__,
-    )
+    cause = error_line(error)
     where = "no checkpoint was saved"
     last = _last_checkpoint(out)
     if last is not None:

@@ -112,6 +112,7 @@ from engine.config import (  # noqa: F401 - the grammar, re-exported
 )
 from engine.config import SEARCH_SECTIONS as SECTIONS
 from engine.rundir import RunDir
+from engine.session import error_line
 
 log = logging.getLogger("raybalance")
 
@@ -538,16 +539,6 @@ def _search_record(spec: JobSpec, space: Mapping[str, Dist]) -> dict[str, Any]:
     return json.loads(json.dumps(rec, default=repr))
 
 
-def _error_line(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ":" in ln and not ln.startswith(("File ", "^", "~")):
-            return ln[:1000]
-    return (lines[-1] if lines else type(error).__name__)[:1000]
-
-
 def _export_best(trial_dir: str, rows: list[dict[str, Any]], metric: str) -> str | None:
     """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model
     (a Train checkpoint in ``rows``, or one an in-process trial kept in its folder)."""
@@ -626,7 +617,7 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
         row["best_epoch"] = int(best_row["epoch"]) + 1 if best_row else None
         row["epochs"] = len(history)
         row["best_dir"] = best_dir
-        row["error"] = _error_line(result.error)
+        row["error"] = error_line(result.error)
         rows.append(row)
     table = pd.DataFrame(rows)
     if not len(table):
@@ -844,7 +835,6 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
             interrupted search made with another spec, trials that cannot all fit on the
             cluster, or workers without the state API.
     """
-
     t = spec.tune
     spec, _, space = _search_inputs(spec)
     with RunDir(spec.run_dir).lock("raybalance tune"):
