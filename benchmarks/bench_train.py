@@ -440,10 +440,13 @@ def plain_loop(spec, data: TrainData, threads: int, device: torch.device) -> lis
 # (2) the engine
 
 
-def engine_run(spec) -> list[dict[str, Any]]:
-    from engine.train import fit
+def engine_run(spec, in_process: bool = False) -> list[dict[str, Any]]:
+    from engine.train import fit, fit_in_process
 
-    result = fit(spec, overwrite=True)
+    if in_process:
+        result = fit_in_process(spec, overwrite=True, tune=False)
+    else:
+        result = fit(spec, overwrite=True)
     path = Path(result.run_dir, "train", "metrics.json")
     return json.loads(path.read_text())
 
@@ -797,12 +800,15 @@ def run_training(args: argparse.Namespace, device: torch.device) -> tuple[str, s
     )
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    for w in args.workers:
+    plan = [(1, True)] if 1 in args.workers and not args.gpu else []
+    for w, in_process in plan + [(w, False) for w in args.workers]:
         spec_w = with_workers(spec, w)
         cpus = _cpus_per_worker(spec_w.train, spec_w.sampler.mode == "stream")
-        run = Run(f"engine `fit`, {args.sampler} sampler, {w} worker{'s' * (w > 1)}", w, 0)
+        what = "`fit_in_process` (this process)" if in_process else "`fit`"
+        run = Run(f"engine {what}, {args.sampler} sampler, {w} worker{'s' * (w > 1)}", w, 0)
         run.threads = ray_omp_threads(cpus) if w != 1 else threads
-        run.notes.append(f"{cpus:g} CPU per worker")
+        run.threads = torch.get_num_threads() if in_process else run.threads
+        run.notes.append("no worker group" if in_process else f"{cpus:g} CPU per worker")
         runs.append(run)
         if args.gpu and w > gpus:
             run.error = f"skipped: {w} workers need {w} GPUs, Ray sees {gpus:g}"
@@ -811,7 +817,7 @@ def run_training(args: argparse.Namespace, device: torch.device) -> tuple[str, s
         print(f"... (2) engine, {w} worker(s)", flush=True)
         t0 = time.perf_counter()
         try:
-            run.history = engine_run(spec_w)
+            run.history = engine_run(spec_w, in_process)
         except Exception as e:  # recorded in the table
             run.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
         run.wall_s = time.perf_counter() - t0
@@ -824,6 +830,8 @@ def run_training(args: argparse.Namespace, device: torch.device) -> tuple[str, s
 
     table = train_table(runs, plain)
     one = next((r for r in runs if r.workers == 1 and r is not plain and r.history), None)
+    # the first 1-worker engine row: in this process when it ran (as `raybalance train` and a
+    # one-worker Tune trial train), else Ray Train's
     ok = not any(r.error and not r.error.startswith("skipped") for r in runs)
     if one is not None and plain.history:
         over = (plain.steady() - one.steady()) / plain.steady()

@@ -451,8 +451,9 @@ def run_fragments(
     return results
 
 
-ROW = "_raybalance_row"  # a row's place in its source: fragment index << ROW_BITS | row in it
+ROW = "_raybalance_row"  # a row's place: source << SOURCE_SHIFT | fragment << ROW_BITS | row
 ROW_BITS = 40
+SOURCE_SHIFT = 56  # 2**16 fragments per source at most (there are 2 per cluster CPU)
 
 
 def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordered: bool = False):
@@ -468,7 +469,7 @@ def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordere
 
     cols = list(columns) if columns is not None else None
     if ordered:
-        return _read_positioned(source, cols)
+        return read_ordered([source], cols)
     files = list(source.files)
     fs = source.filesystem
     if source.format == "parquet":
@@ -485,20 +486,25 @@ def ordered_fragments(source: Source) -> list[Fragment]:
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return fragments(source, target=2 * cpus)
+    frags = fragments(source, target=2 * cpus)
+    if len(frags) >= 1 << (SOURCE_SHIFT - ROW_BITS):
+        raise ValueError(f"{source.path}: {len(frags)} fragments are too many for an ordered read")
+    return frags
 
 
-def _read_positioned(source: Source, columns: list[str] | None):
+def read_ordered(sources: Sequence[Source], columns: list[str] | None = None):
+    """One Ray Dataset of the rows of several sources (with the same columns), each row with
+    its place in ``ROW``: the source's index in ``sources`` << ``SOURCE_SHIFT`` | its place
+    in that source. One pipeline (one actor pool downstream) serves them all, and
+    ``write_sources_in_order`` writes each source's rows back to its own folder."""
     import ray
 
-    frags = ordered_fragments(source)
-    schema = read_schema(source) if source.format != "parquet" else None
-    items = ray.data.from_items(
-        [{"fragment": i} for i in range(len(frags))], override_num_blocks=len(frags)
-    )
-    return items.map_batches(
+    plan = [(s, ordered_fragments(s)) for s in sources]
+    schemas = [read_schema(s) if s.format != "parquet" else None for s in sources]
+    items = [{"source": i, "fragment": j} for i, (_, fr) in enumerate(plan) for j in range(len(fr))]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _read_fragments,
-        fn_kwargs={"source": source, "frags": frags, "columns": columns, "schema": schema},
+        fn_kwargs={"plan": plan, "columns": columns, "schemas": schemas},
         batch_size=1,
         batch_format="pyarrow",
     )
@@ -506,14 +512,14 @@ def _read_positioned(source: Source, columns: list[str] | None):
 
 def _read_fragments(
     batch: pa.Table,
-    source: Source,
-    frags: list[Fragment],
+    plan: list[tuple[Source, list[Fragment]]],
     columns: list[str] | None,
-    schema: pa.Schema | None,
+    schemas: list[pa.Schema | None],
 ) -> Iterator[pa.Table]:
-    for i in batch.column("fragment").to_pylist():
-        start = i << ROW_BITS
-        for table in iter_fragment(source, frags[i], columns, schema):
+    for i, j in zip(batch.column("source").to_pylist(), batch.column("fragment").to_pylist()):
+        source, frags = plan[i]
+        start = i << SOURCE_SHIFT | j << ROW_BITS
+        for table in iter_fragment(source, frags[j], columns, schemas[i]):
             rows = np.arange(start, start + table.num_rows, dtype=np.int64)
             start += table.num_rows
             yield table.append_column(ROW, pa.array(rows))
@@ -535,22 +541,39 @@ def write_in_source_order(ds, fs: pafs.FileSystem, folder: str, source: Source) 
     contiguous range per fragment; each is written under its first place, so neither the
     scheduler nor retries can reorder the output, and a rerun writes the same names.
     """
-    fs.create_dir(folder, recursive=True)
-    cuts = [i << ROW_BITS for i in range(1, len(ordered_fragments(source)))]
+    return write_sources_in_order(ds, fs, [folder], [source])[0]
+
+
+def write_sources_in_order(
+    ds, fs: pafs.FileSystem, folders: Sequence[str], sources: Sequence[Source]
+) -> list[int]:
+    """``write_in_source_order`` for the rows of ``read_ordered(sources)``: source ``i``'s rows
+    go to ``folders[i]``; returns the row count of each."""
+    for folder in folders:
+        fs.create_dir(folder, recursive=True)
+    cuts = [
+        i << SOURCE_SHIFT | j << ROW_BITS
+        for i, s in enumerate(sources)
+        for j in range(len(ordered_fragments(s)))
+    ][1:]
     written = ds.sort(ROW, boundaries=cuts or None).map_batches(
         _write_range,
-        fn_kwargs={"fs": fs, "folder": folder},
+        fn_kwargs={"fs": fs, "folders": list(folders)},
         batch_size=None,
         batch_format="pyarrow",
     )
-    return sum(int(r["rows"]) for r in written.take_all())
+    rows = [0] * len(folders)
+    for r in written.take_all():
+        rows[int(r["source"])] += int(r["rows"])
+    return rows
 
 
-def _write_range(table: pa.Table, fs: pafs.FileSystem, folder: str) -> pa.Table:
+def _write_range(table: pa.Table, fs: pafs.FileSystem, folders: list[str]) -> pa.Table:
     if table.num_rows == 0:
-        return pa.table({"rows": pa.array([], pa.int64())})
+        return pa.table({"source": pa.array([], pa.int64()), "rows": pa.array([], pa.int64())})
     table = table.sort_by(ROW)
     first = table.column(ROW)[0].as_py()
-    path = f"{folder}/part-{first:020d}.parquet"
+    source, place = first >> SOURCE_SHIFT, first & ((1 << SOURCE_SHIFT) - 1)
+    path = f"{folders[source]}/part-{place:020d}.parquet"
     pq.write_table(table.drop_columns([ROW]), path, filesystem=fs)
-    return pa.table({"rows": [table.num_rows]})
+    return pa.table({"source": [source], "rows": [table.num_rows]})

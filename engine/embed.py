@@ -2,6 +2,7 @@
 
     ds = embed_dataset(read_dataset(source), "text", EmbedSpec(model="minilm"))   # lazy
     result = embed_files(resolve_source("data/trec50"), "runs/x/embedded", "text", spec)
+    results = embed_many([train, val, test], ["e/train", "e/val", "e/test"], "text", spec)
 
 An actor pool holds the tokenizer and the encoder (loaded once per actor, eval mode, no grad).
 Each batch is tokenized (padded to its longest text, cut at ``max_length`` tokens), encoded, and
@@ -31,10 +32,10 @@ from engine.data import (
     Fragment,
     Source,
     iter_fragment,
-    read_dataset,
+    read_ordered,
     read_schema,
     run_fragments,
-    write_in_source_order,
+    write_sources_in_order,
 )
 from engine.io import (
     exists,
@@ -345,9 +346,13 @@ def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> Emb
     Raises:
         ValueError: ``text`` is missing or holds nulls, ``spec.column`` exists, or no rows.
     """
+    return embed_many([source], [out_dir], text, spec)[0]
+
+
+def _check_source(source: Source, text: str, spec: EmbedSpec) -> int:
+    """The row count of ``source`` after checking its text column (present, no nulls)."""
     import functools
 
-    t0 = time.perf_counter()
     schema = read_schema(source)
     if text not in schema.names:
         raise ValueError(
@@ -368,53 +373,66 @@ def embed_files(source: Source, out_dir: str, text: str, spec: EmbedSpec) -> Emb
         raise ValueError(f"{source.path} holds no rows: nothing to embed")
     if nulls:
         raise ValueError(f"{source.path}: " + _null_message(text, nulls, rows, "its"))
-    dim = encoder_dim(spec)
+    return rows
 
-    fs, final = filesystem_and_path(out_dir)
-    tmp = writer_temp_dir(fs, final)
+
+def embed_many(
+    sources: list[Source], out_dirs: list[str], text: str, spec: EmbedSpec
+) -> list[EmbedResult]:
+    """``embed_files`` for several sources (a run's splits) in one Ray Data pipeline: the
+    encoder pool starts once and serves them all; each output folder is replaced atomically
+    once every one is complete."""
+    t0 = time.perf_counter()
+    rows = [_check_source(s, text, spec) for s in sources]
+    dim = encoder_dim(spec)
+    targets = [filesystem_and_path(d) for d in out_dirs]
+    temps: list[tuple[Any, str]] = []
     try:
+        temps = [(fs, writer_temp_dir(fs, final)) for fs, final in targets]
         # Nulls were counted above, faster than a Ray Data pass. Each row carries its place
-        # in the split: the files hold the rows in the split's order, so that training on them
-        # is the same from run to run.
-        ds = _embed(read_dataset(source, ordered=True), text, spec, check_nulls=False)
-        write_in_source_order(ds, fs, tmp, source)
-        written = _count_rows(fs, tmp)
-        if written != rows:
-            raise RuntimeError(
-                f"embedding {source.path} wrote {written} rows but the input holds {rows}"
-            )
+        # in its source: the files hold the rows in the split's order, so that training on
+        # them is the same from run to run.
+        ds = _embed(read_ordered(sources), text, spec, check_nulls=False)
+        fs = temps[0][0]
+        written = write_sources_in_order(ds, fs, [t for _, t in temps], sources)
         seconds = time.perf_counter() - t0
-        write_json_atomic(
-            join(tmp, MANIFEST),
-            {
-                "model": spec.model,
-                "dim": dim,
-                "column": spec.column,
-                "rows": rows,
-                "seconds": round(seconds, 3),
-                "text": text,
-                "max_length": spec.max_length,
-                "normalize": spec.normalize,
-                "source": source.path,
-            },
-            fs,
-        )
-        replace_dir(fs, tmp, final)
+        for source, n, w, (tfs, tmp) in zip(sources, rows, written, temps):
+            if w != n or _count_rows(tfs, tmp) != n:
+                raise RuntimeError(f"embedding {source.path} wrote {w} rows but it holds {n}")
+            write_json_atomic(
+                join(tmp, MANIFEST), _manifest(spec, dim, n, seconds, text, source), tfs
+            )
+        for (tfs, tmp), (_, final) in zip(temps, targets):
+            replace_dir(tfs, tmp, final)
     except BaseException:
-        if exists(fs, tmp):
-            fs.delete_dir(tmp)
+        for tfs, tmp in temps:
+            if exists(tfs, tmp):
+                tfs.delete_dir(tmp)
         raise
     log.info(
-        "embedded %d rows of %r with %s (dim %d) in %.1f s: %.0f rows/s -> %s",
-        rows,
+        "embedded %d rows of %r with %s (dim %d) in %.1f s: %.0f rows/s",
+        sum(rows),
         text,
         spec.model,
         dim,
         seconds,
-        rows / max(seconds, 1e-9),
-        out_dir,
+        sum(rows) / max(seconds, 1e-9),
     )
-    return EmbedResult(path=out_dir, rows=rows, dim=dim, seconds=seconds)
+    return [EmbedResult(path=d, rows=n, dim=dim, seconds=seconds) for d, n in zip(out_dirs, rows)]
+
+
+def _manifest(spec: EmbedSpec, dim: int, rows: int, seconds: float, text: str, source: Source):
+    return {
+        "model": spec.model,
+        "dim": dim,
+        "column": spec.column,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "text": text,
+        "max_length": spec.max_length,
+        "normalize": spec.normalize,
+        "source": source.path,
+    }
 
 
 def _count_rows(fs, folder: str) -> int:

@@ -94,11 +94,11 @@ def baseline_spec(spec: JobSpec) -> JobSpec:
 
 def _baseline(spec: JobSpec, run: RunDir) -> str:
     from engine.data import resolve_source
-    from engine.train import fit
+    from engine.train import train_model
 
     counts = run.class_counts("train", run.label_map().keys)
     plain = resolve_source(run.model_split("train"))  # never the resampled split
-    result = fit(
+    result = train_model(
         baseline_spec(spec), overwrite=True, out_dir=run.baseline, train_data=(plain, counts)
     )
     return result.best_dir

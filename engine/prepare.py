@@ -248,7 +248,7 @@ def _plot_and_spec(
 def _embed_splits(spec: JobSpec, text: str, key: str) -> None:
     """Embed every split into ``embedded/<split>``; ``embedded/_complete.json`` marks the end
     and records ``key`` (splits + embed spec): equal keys, nothing to do."""
-    from engine.embed import embed_files
+    from engine.embed import embed_many
 
     run = RunDir(spec.run_dir)
     fs, marker = filesystem_and_path(run.embedded_done)
@@ -258,11 +258,15 @@ def _embed_splits(spec: JobSpec, text: str, key: str) -> None:
             return
         fs.delete_file(marker)  # the splits or the encoder changed: the embeddings are stale
     fs.create_dir(filesystem_and_path(run.embedded)[1], recursive=True)
-    done = {}
-    for name in SPLITS:
-        res = embed_files(
-            resolve_source(run.split(name)), run.join(rundir.EMBEDDED, name), text, spec.embed
-        )
-        done[name] = {"rows": res.rows, "dim": res.dim, "seconds": round(res.seconds, 2)}
+    results = embed_many(
+        [resolve_source(run.split(name)) for name in SPLITS],
+        [run.join(rundir.EMBEDDED, name) for name in SPLITS],
+        text,
+        spec.embed,
+    )
+    done = {
+        name: {"rows": r.rows, "dim": r.dim, "seconds": round(r.seconds, 2)}
+        for name, r in zip(SPLITS, results)
+    }
     info = {"model": spec.embed.model, "column": spec.embed.column, "inputs": key, **done}
     write_json_atomic(run.embedded_done, info)

@@ -1,7 +1,7 @@
 """Where the per-worker training loop runs: a Ray Train worker, or one process of its own.
 
     run_loop(config, TrainSession())                      # inside a TorchTrainer worker
-    session = LocalSession(out, metric, datasets)          # a Tune trial's own process
+    session = LocalSession(out, metric, datasets)          # one process (a Tune trial's)
     run_loop(config, session); folder, metrics = session.best()
 
 The loop (``engine.train.run_loop``) asks its session for its rank, world size and device, the
@@ -82,12 +82,13 @@ class LocalSession:
         datasets: dict[str, Any] | None = None,
         device: Any = None,
         tune: bool = True,
+        resume: bool = False,
     ) -> None:
         import torch
 
         self.rank, self.world = 0, 1
         self.device = device if device is not None else torch.device("cpu")
-        self.out, self.metric, self.tune = out, metric, tune
+        self.out, self.metric, self.tune, self.resume = out, metric, tune, resume
         self.datasets = datasets or {}
         self.kept = kept_checkpoints(out)  # (folder, metrics): a resumed trial's earlier ones
 
@@ -98,11 +99,18 @@ class LocalSession:
         return self.datasets[name]
 
     def checkpoint(self):
-        if not self.tune:
-            return None
-        import ray.tune
+        """Tune's checkpoint of a restored trial; outside Tune, on a retry (``resume``), the
+        latest checkpoint this process kept."""
+        if self.tune:
+            import ray.tune
 
-        return ray.tune.get_checkpoint()
+            return ray.tune.get_checkpoint()
+        if not (self.resume and self.kept):
+            return None
+        import ray.train
+
+        latest = max(self.kept, key=lambda k: int(k[1]["epoch"]))
+        return ray.train.Checkpoint.from_directory(latest[0])
 
     def report(self, metrics: dict[str, Any], folder: str | None) -> None:
         if folder is not None:

@@ -73,7 +73,7 @@ from engine.models import (
     tokenize,
 )
 from engine.rundir import RunDir
-from engine.session import TrainingFailed, error_line
+from engine.session import LocalSession, TrainingFailed, error_line
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
@@ -146,36 +146,10 @@ def materialize(ds) -> dict[str, np.ndarray]:
 # the per-worker loop
 
 
-class _ArrayDataset(torch.utils.data.Dataset):
-    """Rows of a dict of equal-length arrays, fetched a batch at a time (``__getitems__``)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
-        self.n = len(arrays["label"])
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int):
-        return {k: v[i] for k, v in self.arrays.items()}
-
-    def __getitems__(self, idx: list[int]):
-        ix = np.asarray(idx)
-        return {k: v[ix] for k, v in self.arrays.items()}
-
-
-def _identity(batch):
-    return batch
-
-
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in batch.items():
-        t = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-        if k in ("input_ids", "attention_mask", "label", "lex_idx"):
-            t = t.long()
-        out[k] = t.to(device, non_blocking=True)
-    return out
+    """A batch as torch tensors on ``device`` (token and label columns as int64); tensors
+    already there pass through."""
+    return {k: _as_tensor(k, v).to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _class_weights(loss: LossSpec, stats: StatsSpec, counts: np.ndarray, keys: list[str]):
@@ -310,27 +284,62 @@ def _build_loop(config: dict[str, Any], session) -> _Loop:
     )
 
 
-def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop):
-    """Map mode: the worker's loader over the materialized rows (balanced, or a
-    ``DistributedSampler`` shuffle)."""
-    from engine.sampling import balanced_loader
+class TensorBatches:
+    """Map mode's batches: the worker's rows held once as torch tensors (on the device when
+    they fit ``DEVICE_BYTES``) and indexed by the sampler's order each epoch, one gather per
+    column and step: no per-row fetch, no per-batch numpy-to-torch copy."""
 
-    train, dataset = loop.train, _ArrayDataset(arrays)
+    def __init__(self, arrays: dict[str, np.ndarray], sampler, batch_size: int, device):
+        nbytes = sum(v.nbytes for v in arrays.values())
+        where = device if device.type == "cpu" or nbytes <= DEVICE_BYTES else torch.device("cpu")
+        self.tensors = {k: _as_tensor(k, v).to(where) for k, v in arrays.items()}
+        self.sampler, self.batch_size, self.where = sampler, batch_size, where
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        order = np.fromiter(iter(self.sampler), dtype=np.int64, count=len(self.sampler))
+        for idx in torch.from_numpy(order).to(self.where).split(self.batch_size):
+            yield {k: t.index_select(0, idx) for k, t in self.tensors.items()}
+
+
+DEVICE_BYTES = 2 << 30  # map-mode rows up to this size live on the GPU for the whole run
+_LONG_COLUMNS = ("input_ids", "attention_mask", "label", "lex_idx")
+
+
+def _as_tensor(key: str, value) -> torch.Tensor:
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    return t.long() if key in _LONG_COLUMNS else t
+
+
+def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop):
+    """Map mode: the worker's batches over the materialized rows (balanced, or a
+    ``DistributedSampler`` shuffle)."""
+    from engine.sampling import BalancedDistributedSampler
+
+    train = loop.train
     if sampler.kind == "balanced":
-        return balanced_loader(
-            dataset,
+        order = BalancedDistributedSampler(
             arrays["label"],
             train.batch_size,
+            num_replicas=loop.world,
+            rank=loop.rank,
             power=sampler.power,
             seed=train.seed,
-            collate_fn=_identity,
         )
-    dist = torch.utils.data.distributed.DistributedSampler(
-        dataset, num_replicas=loop.world, rank=loop.rank, shuffle=True, seed=train.seed
-    )
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=train.batch_size, sampler=dist, collate_fn=_identity
-    )
+    else:
+        order = torch.utils.data.distributed.DistributedSampler(
+            range(len(arrays["label"])),
+            num_replicas=loop.world,
+            rank=loop.rank,
+            shuffle=True,
+            seed=train.seed,
+        )
+    return TensorBatches(arrays, order, train.batch_size, loop.device)
 
 
 def _stream_balancer(sampler: SamplerSpec, loop: _Loop, steps: int):
@@ -369,8 +378,7 @@ def _epoch_batches(config: dict[str, Any], sampler: SamplerSpec, loop: _Loop, se
     loader = _map_loader(ray.get(config["train_ref"]), sampler, loop)
 
     def map_epoch(epoch: int):
-        if hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)
         return loader
 
     return len(loader), map_epoch
@@ -648,7 +656,9 @@ def _last_checkpoint(out: str) -> tuple[str, int] | None:
     import glob
 
     best = None
-    for path in glob.glob(os.path.join(out, "ray", "*", "checkpoint_*", "history.json")):
+    found = glob.glob(os.path.join(out, "ray", "*", "checkpoint_*", "history.json"))
+    found += glob.glob(os.path.join(out, "checkpoints", "epoch-*", "history.json"))
+    for path in found:
         with open(path) as f:
             epochs = len(json.load(f))
         if best is None or epochs > best[1]:
@@ -686,10 +696,10 @@ def fit_in_process(
 ) -> TrainResult:
     """``fit`` with one worker in this process, without a Ray Train worker group: the same
     loop, seeds, checkpoints and exported files. Inside a Tune trial (``tune``) each epoch is
-    reported to Tune with its checkpoint, and a restored trial resumes from it."""
+    reported to Tune with its checkpoint, and a restored trial resumes from it; outside Tune a
+    failed attempt is retried from its latest checkpoint up to ``train.max_failures`` times
+    (then ``TrainingFailed``)."""
     import torch
-
-    from engine.session import LocalSession
 
     if spec.train.num_workers != 1:
         raise ValueError(
@@ -700,12 +710,46 @@ def fit_in_process(
     config["step_hook"] = step_hook
     use_gpu = spec.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
-    session = LocalSession(out, spec.train.metric, datasets, device, tune=tune)
-    history = run_loop(config, session)
+    if not tune:  # a fresh run: no checkpoint of an earlier, abandoned one
+        shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
+    for attempt in range(spec.train.max_failures + 1):
+        session = LocalSession(
+            out, spec.train.metric, datasets, device, tune=tune, resume=attempt > 0
+        )
+        try:
+            history = run_loop(config, session)
+            break
+        except Exception as e:
+            if tune:
+                raise
+            if attempt == spec.train.max_failures:
+                raise TrainingFailed(_failure_line(e, spec, out)) from e
+            print(
+                f"[raybalance] training attempt {attempt + 1} failed ({error_line(e)}); "
+                "resuming from its latest checkpoint",
+                flush=True,
+            )
     folder, best = session.best()
     best_dir = _export(folder, history, spec, out)
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     return TrainResult(run.path, best_dir, history, best)
+
+
+def train_model(
+    spec: JobSpec,
+    *,
+    overwrite: bool = False,
+    out_dir: str | None = None,
+    train_data: tuple[Any, np.ndarray] | None = None,
+    step_hook: Callable[[int, int, int], None] | None = None,
+) -> TrainResult:
+    """Train ``spec``: one CPU worker in this process (``fit_in_process``: no worker group to
+    start, seconds sooner), a GPU or several workers on Ray Train (``fit``). The same seed
+    gives the same metrics and model either way."""
+    kw = dict(overwrite=overwrite, out_dir=out_dir, train_data=train_data, step_hook=step_hook)
+    if spec.train.num_workers == 1 and not spec.train.use_gpu:
+        return fit_in_process(spec, tune=False, **kw)
+    return fit(spec, **kw)
 
 
 def loop_inputs(

@@ -15,7 +15,7 @@ from engine import rundir
 from engine.io import join
 from engine.prepare import prepare
 from engine.rundir import RunDir
-from engine.train import fit
+from engine.train import train_model
 from jobs.common import add_spec_args, check_before_ray, console, init_ray, run_main, spec_from_args
 
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     if RunDir(spec.run_dir).split_manifest() is None:
         console.print(f"no complete splits in {spec.run_dir}: running prepare first")
         prepare(spec)
-    result = fit(spec, overwrite=args.overwrite)
+    result = train_model(spec, overwrite=args.overwrite)
     table = Table(
         title=f"{spec.name}: {spec.model.kind} / loss {spec.loss.name} / "
         f"sampler {spec.sampler.kind}"

@@ -241,6 +241,43 @@ def test_embed_files_atomic_rerun_and_batch_invariance(
     assert _listing(out.parent) == ["embedded"]
 
 
+def test_embed_many_serves_every_source_from_one_encoder_pool_in_each_ones_order(
+    ray_local, table, embedded7, tmp_path, monkeypatch
+):
+    import engine.embed
+    from engine.embed import embed_many
+
+    stages = []  # each call builds one Ray Data stage with one encoder actor pool
+    real = engine.embed._embed
+    monkeypatch.setattr(engine.embed, "_embed", lambda *a, **k: stages.append(1) or real(*a, **k))
+
+    sizes = [(0, 40), (40, 55), (55, N)]
+    sources, outs = [], []
+    for i, (a, b) in enumerate(sizes):
+        folder = tmp_path / f"in{i}"
+        folder.mkdir()
+        rows = np.arange(a, b)[::-1]  # each source in its own (not sorted) order
+        for j, part in enumerate(np.array_split(rows, 2)):
+            pq.write_table(table.take(pa.array(part)), folder / f"p{j}.parquet")
+        sources.append(resolve_source(str(folder)))
+        outs.append(str(tmp_path / "emb" / f"s{i}"))
+    results = embed_many(sources, outs, "text", EmbedSpec(model="tiny", batch_size=16))
+    assert len(stages) == 1  # one encoder pool for the three sources
+    expect = _vectors(embedded7.sort_by("id"))
+    for (a, b), src, out, res in zip(sizes, sources, outs, results):
+        assert res.rows == b - a and res.path == out
+        files = sorted(f for f in os.listdir(out) if f.endswith(".parquet"))
+        got = pa.concat_tables([pq.read_table(os.path.join(out, f)) for f in files])
+        source_rows = pa.concat_tables([pq.read_table(f) for f in src.files])
+        want_ids = source_rows.column("id").to_pylist()  # source order
+        assert got.column("id").to_pylist() == want_ids
+        ids = np.asarray(want_ids)
+        np.testing.assert_allclose(_vectors(got), expect[ids], atol=1e-5)
+        with open(os.path.join(out, MANIFEST)) as f:
+            assert json.load(f)["rows"] == b - a
+    assert sorted(os.listdir(tmp_path / "emb")) == ["s0", "s1", "s2"]  # no temporary folder
+
+
 def test_embed_files_refuses_null_texts_before_encoding(ray_local, tmp_path):
     path = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": ["a", None, None, "b"], "y": [0, 1, 0, 1]}), path)

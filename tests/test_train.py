@@ -231,3 +231,34 @@ def test_failing_past_max_failures_names_the_failure_and_a_checkpoint_that_loads
 
     assert run_main(job, []) == 2  # the CLI prints it as one line, no traceback
     assert "error: training failed after 0 restart(s)" in capsys.readouterr().err
+
+
+def _raise_once(epoch: int, calls: list):
+    def hook(e: int, s: int, r: int) -> None:
+        calls.append((e, s))
+        if e == epoch and s == 0 and calls.count((e, s)) == 1:
+            raise RuntimeError("injected fault")
+
+    return hook
+
+
+@pytest.mark.slow
+def test_one_cpu_worker_trains_in_this_process_and_retries_from_its_latest_checkpoint(
+    ray_local, digits, tmp_path
+):
+    from engine.session import TrainingFailed
+    from engine.train import train_model
+
+    spec = _spec(digits, tmp_path / "run", "train.num_workers=1", "train.max_failures=1")
+    prepare(spec)
+    calls: list = []
+    result = train_model(spec, step_hook=_raise_once(epoch=2, calls=calls))
+    assert [r["epoch"] for r in result.metrics] == [0, 1, 2]
+    # the retry resumed at epoch 2 from the checkpoint after epoch 1: epochs 0 and 1 ran once
+    assert calls.count((0, 0)) == 1 and calls.count((1, 0)) == 1 and calls.count((2, 0)) == 2
+    assert not (tmp_path / "run" / "train" / "ray").exists()  # no Ray Train run
+    load_model(result.best_dir)
+    spec0 = _spec(digits, tmp_path / "run", "train.num_workers=1", "train.max_failures=0")
+    failed = r"after 0 restart\(s\).*injected fault.*after epoch 2"
+    with pytest.raises(TrainingFailed, match=failed):
+        train_model(spec0, overwrite=True, step_hook=_raise_once(epoch=2, calls=[]))

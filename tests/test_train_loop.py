@@ -118,3 +118,27 @@ def test_a_checkpoint_restores_model_optimizer_schedule_and_history(tmp_path):
     next_b = _train_epoch(again, 1, batches)
     assert next_a["train_loss"] == pytest.approx(next_b["train_loss"], rel=1e-6)
     assert next_a["lr"] == next_b["lr"]
+
+
+def test_map_batches_are_the_samplers_rows_gathered_as_tensors_and_reshuffled_each_epoch():
+    data = _data()
+    data["row"] = np.arange(N, dtype=np.int64)
+    loop = _loop()
+    loader = _map_loader(data, SamplerSpec(kind="none"), loop)
+    epochs = []
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == len(loader) == -(-N // 16)
+        assert all(isinstance(b["features"], torch.Tensor) for b in batches)
+        assert batches[0]["label"].dtype == torch.int64
+        rows = torch.cat([b["row"] for b in batches]).numpy()
+        assert sorted(rows) == list(range(N))  # every row once, one world
+        for b in batches:  # each row's columns travel together
+            r = b["row"].numpy()
+            assert np.array_equal(b["features"].numpy(), data["features"][r])
+            assert np.array_equal(b["label"].numpy(), data["label"][r])
+        epochs.append(rows)
+    assert not np.array_equal(epochs[0], epochs[1])
+    loader.set_epoch(0)
+    assert np.array_equal(torch.cat([b["row"] for b in loader]).numpy(), epochs[0])
