@@ -4,9 +4,12 @@ trials.
 
     python benchmarks/bench_search.py --results benchmarks/RESULTS.md
     python benchmarks/bench_search.py --code /path/to/other/checkout --label before ...
+    python benchmarks/bench_search.py --kind lexical --trials 8 --results benchmarks/RESULTS.md
 
-The search: digits_lt100 (made by `raybalance datasets make`), the MLP head, 2 epochs, 1 worker
-per trial, `tune.num_samples` 12, the default search space. `--code` runs another checkout of
+The search (``--kind``): ``mlp`` — digits_lt100 (made by `raybalance datasets make`), the MLP
+head on its 64 features; ``lexical`` — trec50 text, the n-gram model; ``tiny`` — trec50 text,
+the 2-layer random-init BERT (``model.path=tiny``, max_length 32). 2 epochs, batch 32, 1 worker
+per trial, `tune.num_samples` 12, the config's search space. `--code` runs another checkout of
 the engine (its folder first on PYTHONPATH) with this machine's packages, for before/after rows
 on the same machine in the same session.
 """
@@ -53,16 +56,36 @@ def trial_times(run: Path, batch: int) -> tuple[list[float], list[float]]:
     return walls, steps
 
 
-def run_search(code: Path, data: Path, run: Path, trials: int, epochs: int) -> float:
+KINDS = {  # kind: (dataset, config, overrides, heading's words)
+    "mlp": ("digits_lt100", "digits_lt100.yaml", (), "digits_lt100, {t} trials × {e} epochs, MLP"),
+    "lexical": (
+        "trec50",
+        "trec50.yaml",
+        ("model.kind=lexical",),
+        "trec50, {t} trials × {e} epochs, lexical n-grams",
+    ),
+    "tiny": (
+        "trec50",
+        "trec50.yaml",
+        ("model.path=tiny", "model.max_length=32", "train.lr=0.001"),
+        "trec50, {t} trials × {e} epochs, tiny BERT",
+    ),
+}
+
+
+def run_search(code: Path, data: Path, run: Path, args: argparse.Namespace) -> float:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)}
     env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "jobs.cli", "tune", "jobs/configs/digits_lt100.yaml"]
+    _, config, overrides, _ = KINDS[args.kind]
+    cmd = [sys.executable, "-m", "jobs.cli", "tune", f"jobs/configs/{config}"]
     for s in (
         f"data.path={data}",
         f"run_dir={run}",
-        f"tune.num_samples={trials}",
-        f"train.epochs={epochs}",
+        f"tune.num_samples={args.trials}",
+        f"train.epochs={args.epochs}",
         "train.num_workers=1",
+        "train.batch_size=32",
+        *overrides,
     ):
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -76,21 +99,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--code", type=Path, default=ROOT, help="the checkout to run")
     p.add_argument("--label", default="this checkout")
+    p.add_argument("--kind", choices=sorted(KINDS), default="mlp")
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--results", type=Path)
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-search-"))
     try:
-        data = work / "digits"
+        dataset = KINDS[args.kind][0]
+        data = work / dataset
         subprocess.run(
-            [sys.executable, "-m", "jobs.cli", "datasets", "make", "digits_lt100", "--out", data],
+            [sys.executable, "-m", "jobs.cli", "datasets", "make", dataset, "--out", data],
             cwd=ROOT,
             check=True,
             capture_output=True,
         )
         load = os.getloadavg()[0]
-        wall = run_search(args.code.resolve(), data, work / "run", args.trials, args.epochs)
+        wall = run_search(args.code.resolve(), data, work / "run", args)
         walls, steps = trial_times(work / "run", batch=32)
     finally:
         keep = work / "run" / "tune" / "results.parquet"
@@ -108,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(row)
     if args.results:
-        heading = "### digits_lt100, 12 trials × 2 epochs, MLP, 1 worker"
+        words = KINDS[args.kind][3].format(t=args.trials, e=args.epochs)
+        heading = f"### {words}, 1 worker"
         old = args.results.read_text() if args.results.exists() else ""
         rows = [ln for ln in old.splitlines() if ln.startswith("| ") and "search s" not in ln]
         rows = [r for r in rows if r.split("|")[1].strip() in _labels(old, heading)]
