@@ -230,15 +230,22 @@ class ModelSpec:
     ``save_pretrained`` folder), ``mlp`` (a head over ``data.features``, ``hidden`` layers) or
     ``lexical`` (``engine.lexical``: hashed word + character n-grams of ``data.text`` with
     TF-IDF; ``hidden=[]`` is a linear model, ``hidden=[h, ...]`` a bag of width h then MLP
-    blocks; it wants a much larger ``train.lr`` than a transformer, e.g. 0.01).
+    blocks; its default ``train.lr`` is 0.01, 200x a transformer's).
 
     Lexical settings: ``n_features`` hash buckets (word n-grams in one half, char n-grams in
     the other; the bag holds n_features x width weights), ``word_ngrams`` / ``char_ngrams``
     inclusive [lo, hi] ranges (null: none; ``char_wb`` n-grams inside word boundaries),
     ``sublinear_tf`` (1 + ln tf), ``max_terms`` (a text keeps its largest TF-IDF weights).
+
+    ``linear``: multinomial logistic regression solved exactly (scikit-learn's
+    ``LogisticRegression``, L2 penalty ``1 / C``) on the standardized feature columns (or the
+    embedded text, under SMOTE-family resampling), else on the lexical TF-IDF n-grams of
+    ``data.text``; the class weights are the loss's (``loss.weights``, searched as
+    ``loss.weight_power``); loss name, sampler, lr and epochs do not apply. It is saved as an
+    MLP or lexical model without hidden layers, so everything that reads those reads it.
     """
 
-    kind: Literal["transformer", "mlp", "lexical"] = "transformer"
+    kind: Literal["transformer", "mlp", "lexical", "linear"] = "transformer"
     path: str = "minilm"
     max_length: int = 64
     hidden: list[int] = field(default_factory=lambda: [256])
@@ -251,9 +258,11 @@ class ModelSpec:
     # MLP heads: shift and scale each input feature by the training rows' mean and standard
     # deviation (kept in the model). null: on for data.features columns, off for embeddings.
     standardize: bool | None = None
+    C: float = 1.0  # linear: inverse L2 regularization strength
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
+        _require(self.C > 0, "C", f"must be > 0, got {self.C}")
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
@@ -337,7 +346,7 @@ class TrainSpec:
 
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float | None = None  # null: the model kind's default (DEFAULT_LR)
     num_workers: int = 1
     use_gpu: bool = False
     seed: int = 0
@@ -355,7 +364,7 @@ class TrainSpec:
         for key in ("epochs", "batch_size", "num_workers", "grad_accum", "eval_batch_size"):
             v = getattr(self, key)
             _require(v >= 1, key, f"must be >= 1, got {v}")
-        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(self.lr is None or self.lr > 0, "lr", f"must be > 0 or null, got {self.lr}")
         _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _fraction(self.warmup_ratio, "warmup_ratio")
         _require(
@@ -778,6 +787,15 @@ def parse_search_space(raw: Mapping[str, Any] | None, *, tpe: bool = False) -> d
 
 # --------------------------------------------------------------------------------------------
 # rules across sections
+
+# train.lr null: a rate that trains each kind (AdamW): a pretrained transformer is fine-tuned
+# gently, heads and the n-gram bag start from scratch
+DEFAULT_LR = {"transformer": 5e-5, "mlp": 3e-3, "lexical": 1e-2, "linear": 3e-3}
+
+
+def learning_rate(spec: JobSpec) -> float:
+    """``train.lr``, or the model kind's default when it is null."""
+    return spec.train.lr if spec.train.lr is not None else DEFAULT_LR[spec.model.kind]
 
 
 def needs_embedding(spec: JobSpec) -> bool:

@@ -49,14 +49,14 @@ def predict_proba(model: torch.nn.Module, arrays: dict[str, np.ndarray], batch_s
 def evaluate_split(spec: JobSpec, model_dir: str, split: str = "test") -> dict[str, Any]:
     """Metrics of the model in ``model_dir`` on the run's ``<split>`` (embedded when the run
     embeds its text), by label key."""
-    from engine.train import input_data, materialize, preprocess
+    from engine.train import input_data, materialize, preprocess, resolved_model
 
     run = RunDir(spec.run_dir)
     model, label_map = load_model(model_dir)
     source = resolve_source(run.model_split(split))
     cols = resolve_columns(read_schema(source), input_data(spec), where=source.files[0])
     vectorizer = getattr(model, "vectorizer", None)  # a lexical model featurizes with its own
-    ds = preprocess(read_dataset(source), cols, spec.model, label_map, vectorizer)
+    ds = preprocess(read_dataset(source), cols, resolved_model(spec), label_map, vectorizer)
     arrays = materialize(ds)
     m = classification_metrics(arrays["label"], predict_proba(model, arrays))
     keys = label_map.keys

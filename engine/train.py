@@ -43,6 +43,7 @@ from engine.config import (
     StatsSpec,
     TrainSpec,
     build_section,
+    learning_rate,
     model_data,
 )
 from engine.data import (
@@ -507,6 +508,8 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
     import ray
 
     loop = _build_loop(config, session)
+    if config.get("exact_C") is not None:
+        return _run_exact(config, loop, session)
     sampler = build_section(SamplerSpec, config["sampler"])
     steps, batches_of = _epoch_batches(config, sampler, loop, session)
     _add_optimizer(loop, steps)
@@ -530,6 +533,41 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
         session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    return history
+
+
+def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, Any]]:
+    """The ``linear`` kind: one exact logistic-regression solve (``engine.linear``) on the
+    materialized train rows, then validation, checkpoint and report as an epoch would."""
+    import ray
+
+    from engine.linear import design_matrix, fit_logistic, set_linear, weighted_log_loss
+
+    arrays = ray.get(config["train_ref"])
+    _add_optimizer(loop, 1)  # untouched: the checkpoint keeps the loop's format
+    t0 = time.perf_counter()
+    x = design_matrix(loop.core, arrays)
+    weights = config["loss_weights"]
+    w, b = fit_logistic(x, arrays["label"], len(loop.counts), config["exact_C"], weights)
+    set_linear(loop.core, w, b)
+    seconds = time.perf_counter() - t0
+    row = {
+        "epoch": 0,
+        "train_loss": weighted_log_loss(loop.core, x, arrays["label"], weights),
+        "steps": 1,
+        "samples_per_s": len(arrays["label"]) / max(seconds, 1e-9),
+        "lr": 0.0,
+    }
+    _validate(loop, _writable(ray.get(config["val_ref"])), row)
+    history = [row]
+    tmp = _checkpoint_dir(loop, history)
+    print(
+        f"[raybalance] linear fit (C {config['exact_C']:g}) in {seconds:.1f} s  "
+        f"val macro-F1 {row['val_macro_f1']:.4f}  balanced acc {row['val_balanced_accuracy']:.4f}",
+        flush=True,
+    )
+    session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     return history
 
 
@@ -559,13 +597,16 @@ def _cpus_per_worker(train: TrainSpec, streaming: bool) -> float:
 
 def input_data(spec: JobSpec) -> DataSpec:
     """The data spec whose columns training (and evaluation) read: ``model_data(spec)``, except
-    that the lexical model always reads the text itself, never an embedding of it."""
-    if spec.model.kind != "lexical":
+    that a lexical model (and a linear one on text) reads the text itself, never an embedding
+    of it."""
+    kind = resolved_model(spec).kind
+    if kind != "lexical":
         return model_data(spec)
     if not spec.data.text:
         raise ValueError(
-            "model.kind=lexical needs data.text (a string column to take n-grams of); "
-            f"data.text is {spec.data.text!r} (for numeric feature columns use model.kind=mlp)"
+            f"model.kind={spec.model.kind} needs data.text (a string column to take n-grams of) "
+            f"or data.features; data.text is {spec.data.text!r} (for numeric feature columns "
+            "use model.kind=mlp or linear with data.features)"
         )
     if spec.resample.method in SMOTE_METHODS:
         raise ValueError(
@@ -743,13 +784,20 @@ def train_model(
     train_data: tuple[Any, np.ndarray] | None = None,
     step_hook: Callable[[int, int, int], None] | None = None,
 ) -> TrainResult:
-    """Train ``spec``: one CPU worker in this process (``fit_in_process``: no worker group to
-    start, seconds sooner), a GPU or several workers on Ray Train (``fit``). The same seed
-    gives the same metrics and model either way."""
+    """Train ``spec``: one CPU worker (and any ``linear`` fit) in this process
+    (``fit_in_process``: no worker group to start, seconds sooner), a GPU or several workers on
+    Ray Train (``fit``). The same seed gives the same metrics and model either way."""
     kw = dict(overwrite=overwrite, out_dir=out_dir, train_data=train_data, step_hook=step_hook)
+    if spec.model.kind == "linear":
+        return fit_in_process(one_process(spec), tune=False, **kw)
     if spec.train.num_workers == 1 and not spec.train.use_gpu:
         return fit_in_process(spec, tune=False, **kw)
     return fit(spec, **kw)
+
+
+def one_process(spec: JobSpec) -> JobSpec:
+    """``spec`` trained in one process: a ``linear`` fit is one solve, not data-parallel."""
+    return replace(spec, train=replace(spec.train, num_workers=1, use_gpu=False))
 
 
 def loop_inputs(
@@ -763,22 +811,23 @@ def loop_inputs(
     keys = label_map.keys
     source, counts = train_data if train_data else train_source(run, keys)
     cols = resolve_columns(read_schema(source), input_data(spec), where=source.files[0])
+    model_spec = resolved_model(spec)
     vectorizer = None
-    if spec.model.kind == "lexical":  # idf from the rows it trains on (resampled, if so)
-        vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(spec.model))
+    if model_spec.kind == "lexical":  # idf from the rows it trains on (resampled, if so)
+        vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(model_spec))
     # Materialized rows in source order: the same seed draws the same batches in every run.
-    # A stream stays unordered, for throughput.
-    stream = spec.sampler.mode == "stream"
+    # A stream stays unordered, for throughput (an exact linear fit always materializes).
+    exact = spec.model.kind == "linear"
+    stream = spec.sampler.mode == "stream" and not exact
     train_ds = preprocess(
-        read_dataset(source, ordered=not stream), cols, spec.model, label_map, vectorizer
+        read_dataset(source, ordered=not stream), cols, model_spec, label_map, vectorizer
     )
     val_source = resolve_source(run.model_split("val"))
     val_arrays = materialize(
-        preprocess(read_dataset(val_source, ordered=True), cols, spec.model, label_map, vectorizer)
+        preprocess(read_dataset(val_source, ordered=True), cols, model_spec, label_map, vectorizer)
     )
-    model_spec = _resolved_model(spec)
     config: dict[str, Any] = {
-        "train": asdict(spec.train),
+        "train": asdict(replace(spec.train, lr=learning_rate(spec))),
         "model": asdict(model_spec),
         "loss": asdict(spec.loss),
         "sampler": asdict(spec.sampler),
@@ -788,6 +837,7 @@ def loop_inputs(
         "input_dim": int(val_arrays["features"].shape[1]) if model_spec.kind == "mlp" else None,
         "val_ref": ray.put(val_arrays),
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
+        "exact_C": spec.model.C if exact else None,
     }
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:
@@ -801,12 +851,17 @@ def loop_inputs(
     return config, ({"train": train_ds} if stream else {})
 
 
-def _resolved_model(spec: JobSpec) -> ModelSpec:
-    """``model.standardize`` null resolved: on for tabular features, off for embeddings (which
-    come normalized)."""
-    if spec.model.kind != "mlp" or spec.model.standardize is not None:
-        return spec.model
-    return replace(spec.model, standardize=spec.data.features is not None)
+def resolved_model(spec: JobSpec) -> ModelSpec:
+    """The model as built: ``linear`` as an MLP without hidden layers over feature columns (or
+    embedded text), else as a lexical model without hidden layers; ``model.standardize`` null
+    resolved: on for tabular features, off for embeddings (which come normalized)."""
+    model = spec.model
+    if model.kind == "linear":
+        kind = "mlp" if model_data(spec).features else "lexical"
+        model = replace(model, kind=kind, hidden=[], dropout=0.0)
+    if model.kind != "mlp" or model.standardize is not None:
+        return model
+    return replace(model, standardize=spec.data.features is not None)
 
 
 def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callbacks):

@@ -30,7 +30,8 @@ The default space (``default_search_space``), extended or overridden by ``tune.s
 on, scaled so that the mean weight per row is 1 (p=1 is the ``inverse`` scheme, p=0.5
 ``inverse_sqrt``), set as explicit ``loss.weights`` for ``weighted_ce`` and as focal's alpha;
 ``loss.gamma`` in [0, 3]; ``loss.tau`` in [0.5, 2]; ``sampler.kind`` in {none, balanced};
-``sampler.power`` q in [0, 1]; ``train.lr`` log-uniform in [lr/10, 10·lr] around the spec's;
+``sampler.power`` q in [0, 1]; ``train.lr`` log-uniform in [lr/10, 10·lr] around the spec's
+(its kind's default when null);
 and, when the run has a ``resample.method``, ``resample.sampling_strategy`` among the spec's own,
 ``{power: 0.5}`` and ``{max_ratio: r}`` (r ≈ the square root of the train split's imbalance
 ratio). A trial whose resample section differs from the run's resamples the plain train split
@@ -106,6 +107,7 @@ from engine.config import (  # noqa: F401 - the grammar, re-exported
     TuneSpec,
     _is_scalar,
     build_section,
+    learning_rate,
     parse_dist,
     parse_search_space,
     search_space_error,
@@ -127,11 +129,12 @@ SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
 TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
 LIGHT_TRIAL_CPU = 0.5  # a one-worker trial of a small model (MLP head, lexical) packs this close
 LOSSES = tuple(n for n in LOSS_NAMES if n != "class_balanced")  # searched by default
+LINEAR_C = Dist("loguniform", (0.01, 100.0))  # model.C when linear models are searched
 
 
 def default_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
     """The default knobs, derived from the spec (and the train split's class counts)."""
-    lr = spec.train.lr
+    lr = learning_rate(spec)
     space = {
         "loss.name": Dist("choice", LOSSES),
         WEIGHT_POWER: Dist("uniform", (0.0, 1.0)),
@@ -167,6 +170,8 @@ def usable_kinds(spec: JobSpec) -> tuple[str, ...]:
         kinds.append("mlp")
     if spec.data.text and spec.resample.method not in SMOTE_METHODS:  # synthetic rows: no text
         kinds += ["lexical", "transformer"]
+    if kinds:
+        kinds.append("linear")  # on the features (or embeddings), else on the text's n-grams
     return tuple(kinds)
 
 
@@ -199,12 +204,22 @@ def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dic
     """The defaults updated with ``spec.tune.search_space`` (a null value drops a knob);
     ``model.kind`` choices that cannot read the data are dropped (``usable_kinds``)."""
     space: dict[str, Dist | None] = dict(default_search_space(spec, counts))
-    space.update(parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe"))
-    return _adapt_kinds(spec, {k: d for k, d in space.items() if d is not None})
+    given = parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe")
+    space.update(given)
+    space = _adapt_kinds(spec, {k: d for k, d in space.items() if d is not None})
+    kind = space.get("model.kind")
+    if "linear" in (kind.args if kind is not None else (spec.model.kind,)):
+        if "model.C" not in given:  # (a null there drops it: the spec's C is used)
+            space["model.C"] = LINEAR_C
+    return space
 
 
 def _weights_active(v: Mapping[str, Any]) -> bool:
-    return v["loss.name"] in ("weighted_ce", "focal")
+    return v["loss.name"] in ("weighted_ce", "focal") or v["model.kind"] == "linear"
+
+
+def _not_linear(rule: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
+    return lambda v: v["model.kind"] != "linear" and rule(v)
 
 
 # knob -> when it changes the trial, given the trial's values (spec values + sampled knobs)
@@ -223,7 +238,14 @@ ACTIVE: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     WEIGHT_POWER: _weights_active,
     "sampler.power": lambda v: v["sampler.kind"] == "balanced",
     "sampler.buffer_rows": lambda v: v["sampler.mode"] == "stream",
+    "model.C": lambda v: v["model.kind"] == "linear",
 }
+# a linear fit is one exact solve: the loss (but its class weights), the sampler and the
+# schedule do not change it
+for _key in ("loss.name", "sampler.kind", "train.lr", "train.batch_size", "train.weight_decay"):
+    ACTIVE[_key] = _not_linear(ACTIVE.get(_key, lambda v: True))
+for _key in ("loss.gamma", "loss.tau", "sampler.power"):
+    ACTIVE[_key] = _not_linear(ACTIVE[_key])
 
 
 def trial_values(spec: JobSpec, knobs: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,7 +493,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from engine.io import join
-    from engine.train import fit, fit_in_process, train_source
+    from engine.train import fit, fit_in_process, one_process, train_source
 
     # one progress bar per Ray Data execution of every trial drowns Tune's own progress
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -509,7 +531,9 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
-    if trial.train.num_workers == 1:
+    if trial.model.kind == "linear":
+        fit_in_process(one_process(trial), out_dir=out, train_data=train_data)
+    elif trial.train.num_workers == 1:
         fit_in_process(trial, out_dir=out, train_data=train_data)
     else:
         fit(trial, out_dir=out, callbacks=[TuneReportCallback()], train_data=train_data)
@@ -785,7 +809,7 @@ def _light(spec: JobSpec, space: Mapping[str, Dist]) -> bool:
     """Whether every trial trains a small model (an MLP head or the lexical model)."""
     d = space.get("model.kind")
     kinds = d.args if d is not None else (spec.model.kind,)
-    return set(kinds) <= {"mlp", "lexical"}
+    return set(kinds) <= {"mlp", "lexical", "linear"}
 
 
 def _clear_finished(tune_dir: str, overwrite: bool) -> None:

@@ -154,6 +154,31 @@ def test_model_kinds_that_cannot_read_the_data_are_dropped_from_the_search(caplo
         resolve_search_space(only)
 
 
+def test_linear_trials_search_C_and_class_weights_and_ignore_the_training_knobs():
+    from engine.tune import LINEAR_C, apply_knobs, is_active, trial_values
+
+    grid = {"model.kind": {"grid": ["mlp", "linear"]}}
+    feats = load_spec(None, ["data.features=[a, b]", "model.kind=mlp", f"tune.search_space={grid}"])
+    space = resolve_search_space(feats)
+    assert space["model.kind"].args == ("mlp", "linear") and space["model.C"] == LINEAR_C
+    assert "model.C" not in resolve_search_space(load_spec(None, ["data.features=[a]"]))
+    dropped = "{model.kind: {grid: [mlp, linear]}, model.C: null}"
+    no_c = load_spec(None, ["data.features=[a]", f"tune.search_space={dropped}"])
+    assert "model.C" not in resolve_search_space(no_c)  # null: the spec's C in every trial
+
+    linear = trial_values(feats, {"model.kind": "linear", "loss.name": "focal"})
+    mlp = trial_values(feats, {"model.kind": "mlp", "loss.name": "focal"})
+    for knob in ("loss.gamma", "loss.name", "train.lr", "sampler.kind"):
+        assert is_active(knob, mlp) and not is_active(knob, linear), knob
+    assert is_active("model.C", linear) and not is_active("model.C", mlp)
+    assert is_active("loss.weight_power", linear)  # w ∝ n^-p weighs the solve's rows
+    knobs = {"model.kind": "linear", "model.C": 3.0, "loss.weight_power": 1.0, "loss.name": "ce"}
+    trial = apply_knobs(feats, knobs, np.array([90, 10]), ["0", "1"])
+    assert trial.model.C == 3.0 and trial.loss.weights == pytest.approx(
+        {"0": 0.5556, "1": 5.0}, rel=1e-3
+    )
+
+
 def test_choices_of_values_optuna_cannot_hold_round_trip_through_json():
     space = {
         "resample.sampling_strategy": Dist("choice", ("auto", {"power": 0.5})),
