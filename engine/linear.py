@@ -13,13 +13,15 @@ its regularization ``C`` is the knob a search tunes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 ABSENT_BIAS = -30.0  # the logit bias of a class with no training rows: never predicted
-MAX_ITER = 1000
+MAX_ITER = 500
+TOL = 1e-4  # scikit-learn's default
 
 
 def design_matrix(core: torch.nn.Module, arrays: dict[str, np.ndarray]):
@@ -49,25 +51,39 @@ def fit_logistic(
     class_weights: list[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(W (K, D), b (K,)) of an L2-penalized multinomial logistic regression on ``x, y``
-    (lbfgs to convergence), rows weighted by their class's weight. Two classes give one
+    (lbfgs, scikit-learn's tolerance, at most ``MAX_ITER`` steps; sparse n-grams are solved
+    over the columns their rows use), rows weighted by their class's weight. Two classes give one
     coefficient row, set as the second class's (softmax of [0, z] = the sigmoid of z); a class
     absent from ``y`` gets zero weights and a bias it never wins with."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
+    width = x.shape[1]
     y = np.asarray(y, dtype=np.int64)
     sw = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)[y]
-    clf = LogisticRegression(C=float(C), max_iter=MAX_ITER, tol=1e-6)
-    clf.fit(x, y, sample_weight=sw)
-    w = np.zeros((num_classes, x.shape[1]))
+    used = None
+    if hasattr(x, "indices"):  # sparse n-grams: a column no row uses keeps weight 0 (L2)
+        used = np.unique(x.indices)
+        x = x[:, used]
+    clf = LogisticRegression(C=float(C), max_iter=MAX_ITER, tol=TOL)
+    with warnings.catch_warnings():
+        # the solve stops at MAX_ITER: close to the optimum, and still the best fit at hand
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y, sample_weight=sw)
+    coef = clf.coef_
+    if used is not None:
+        coef = np.zeros((len(coef), int(used.max(initial=-1)) + 1))
+        coef[:, used] = clf.coef_
+    w = np.zeros((num_classes, width))
     b = np.full(num_classes, ABSENT_BIAS)
     present = clf.classes_.astype(np.int64)
     if len(present) == 1:  # one class only: predict it everywhere
         b[present[0]] = 0.0
     elif len(present) == 2:
-        w[present[1]] = clf.coef_[0]
+        w[present[1], : coef.shape[1]] = coef[0]
         b[present[0]], b[present[1]] = 0.0, clf.intercept_[0]
     else:
-        w[present] = clf.coef_
+        w[present, : coef.shape[1]] = coef
         b[present] = clf.intercept_
     return w, b
 

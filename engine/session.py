@@ -91,6 +91,8 @@ class LocalSession:
         self.out, self.metric, self.tune, self.resume = out, metric, tune, resume
         self.datasets = datasets or {}
         self.kept = kept_checkpoints(out)  # (folder, metrics): a resumed trial's earlier ones
+        # checkpoints are written here, beside where they are kept: keeping one is a rename
+        self.scratch = os.path.join(out, "checkpoints", ".tmp")
 
     def prepare_model(self, model):
         return model.to(self.device)
@@ -113,13 +115,13 @@ class LocalSession:
         return ray.train.Checkpoint.from_directory(latest[0])
 
     def report(self, metrics: dict[str, Any], folder: str | None) -> None:
-        if folder is not None:
-            self._keep(metrics, folder)
         if self.tune:
             import ray.tune
 
             ckpt = ray.tune.Checkpoint.from_directory(folder) if folder is not None else None
             ray.tune.report(metrics, checkpoint=ckpt)
+        if folder is not None:
+            self._keep(metrics, folder)
 
     def _score(self, metrics: dict[str, Any]) -> float:
         v = metrics.get(self.metric)
@@ -128,9 +130,11 @@ class LocalSession:
         return -v if self.metric == "val_loss" else v
 
     def _keep(self, metrics: dict[str, Any], folder: str) -> None:
+        """Keep ``folder`` (moved: the loop writes a new one each epoch) as this epoch's
+        checkpoint, after Tune has persisted its own copy."""
         dest = os.path.join(self.out, "checkpoints", f"epoch-{int(metrics['epoch']):05d}")
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(folder, dest)
+        shutil.move(folder, dest)
         self.kept.append((dest, dict(metrics)))
         best = max(self.kept, key=lambda k: self._score(k[1]))
         keep = {best[0], dest}

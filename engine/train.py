@@ -476,10 +476,12 @@ def _validate(loop: _Loop, val_arrays: dict[str, np.ndarray], row: dict[str, Any
     )
 
 
-def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]]) -> str:
+def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]], where: str | None = None) -> str:
     """A temporary folder with the model, the optimizer state and the history (safetensors +
     JSON: a checkpoint holds no pickle)."""
-    tmp = tempfile.mkdtemp(prefix="rb-ckpt-")
+    if where is not None:
+        os.makedirs(where, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="rb-ckpt-", dir=where)
     save_model(loop.core, os.path.join(tmp, "model"), loop.label_map)
     save_state(
         {"optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict()},
@@ -523,7 +525,7 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
         tmp = None
         if loop.rank == 0:
             _validate(loop, val_arrays, row)
-            tmp = _checkpoint_dir(loop, history)
+            tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
             print(
                 f"[raybalance] epoch {epoch + 1}/{train.epochs}  loss {row['train_loss']:.4f}  "
                 f"{row['samples_per_s']:.0f} samples/s  val macro-F1 {row['val_macro_f1']:.4f}  "
@@ -560,7 +562,7 @@ def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, A
     }
     _validate(loop, _writable(ray.get(config["val_ref"])), row)
     history = [row]
-    tmp = _checkpoint_dir(loop, history)
+    tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
     print(
         f"[raybalance] linear fit (C {config['exact_C']:g}) in {seconds:.1f} s  "
         f"val macro-F1 {row['val_macro_f1']:.4f}  balanced acc {row['val_balanced_accuracy']:.4f}",

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from engine.config import ModelSpec, load_spec
 from engine.data import LabelMap
 from engine.evaluate import evaluate_split
-from engine.linear import design_matrix, fit_logistic, set_linear, weighted_log_loss
+from engine.linear import MAX_ITER, TOL, design_matrix, fit_logistic, set_linear, weighted_log_loss
 from engine.models import build_model, load_model, logits_of
 from engine.prepare import prepare
 from engine.train import train_model
@@ -48,7 +48,7 @@ def test_the_fitted_head_gives_sklearns_probabilities_on_raw_features(k):
     weights = [1.0, 3.0] + [2.0] * (k - 2)
     w, b = fit_logistic(design, y, k, C=0.5, class_weights=weights)
     set_linear(model, w, b)
-    ref = LogisticRegression(C=0.5, max_iter=1000, tol=1e-6)
+    ref = LogisticRegression(C=0.5, max_iter=MAX_ITER, tol=TOL)
     ref.fit(design, y, sample_weight=np.asarray(weights)[y])
     with torch.no_grad():
         probs = torch.softmax(model(torch.as_tensor(x)).double(), 1).numpy()
@@ -86,7 +86,7 @@ def test_the_lexical_bag_takes_the_sparse_solution():
     np.testing.assert_allclose(design.toarray(), dense, atol=1e-6)
     w, b = fit_logistic(design, y, 3, C=10.0)
     set_linear(core, w, b)
-    ref = LogisticRegression(C=10.0, max_iter=1000, tol=1e-6).fit(design, y)
+    ref = LogisticRegression(C=10.0, max_iter=MAX_ITER, tol=TOL).fit(design, y)
     with torch.no_grad():
         logits = core(torch.as_tensor(idx).long(), torch.as_tensor(val))
     probs = torch.softmax(logits.double(), 1).numpy()

@@ -1,6 +1,6 @@
 """`raybalance run` end to end on real Ray (its own embedded Ray with the dashboard, in a
-subprocess): the demo config on real TREC-50 text with a tiny encoder, MLP and lexical trials
-mixed in one ensemble, the summary table, metrics.json / report.html, a rerun that skips every
+subprocess): the demo config on real TREC-50 text with a tiny encoder, MLP, lexical and linear
+trials mixed in one ensemble, the summary table, metrics.json / report.html, a rerun that skips every
 stage, a changed spec, and `raybalance predict` on the artifact agreeing with the pipeline."""
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
     assert f"{metrics['test']['ensemble']['macro_f1']:.3f}" in out
 
     table = pd.read_parquet(run / "tune" / "results.parquet")
-    assert sorted(table["model.kind"]) == ["lexical", "mlp"] and (table["status"] != "error").all()
+    kinds = sorted(table["model.kind"])
+    assert kinds == ["lexical", "linear", "mlp"] and (table["status"] != "error").all()
     manifest = json.loads((run / "ensemble" / "manifest.json").read_text())
     info = manifest["extra"]
     assert [c["kind"] for c in info["candidates"]] == [
