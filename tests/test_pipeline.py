@@ -1,7 +1,8 @@
 """`raybalance run` end to end on real Ray (its own embedded Ray with the dashboard, in a
 subprocess): the demo config on real TREC-50 text with a tiny encoder, MLP, lexical and linear
-trials mixed in one ensemble, the summary table, metrics.json / report.html, a rerun that skips every
-stage, a changed spec, and `raybalance predict` on the artifact agreeing with the pipeline."""
+trials mixed in one ensemble, the summary table, metrics.json / report.html, a rerun that skips
+every stage, a changed spec, and `raybalance predict` on the artifact agreeing with the
+pipeline."""
 
 from __future__ import annotations
 
