@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         words = KINDS[args.kind][3].format(t=args.trials, e=args.epochs)
         heading = f"### {words}, 1 worker"
         old = args.results.read_text() if args.results.exists() else ""
-        rows = [ln for ln in old.splitlines() if ln.startswith("| ") and "search s" not in ln]
-        rows = [r for r in rows if r.split("|")[1].strip() in _labels(old, heading)]
+        rows = _rows(old, heading)
         body = "\n".join(
             [
                 f"- Machine: {machine({'ray': _ray_version()})}",
@@ -162,12 +161,12 @@ def _ray_version() -> str:
     return ray.__version__
 
 
-def _labels(text: str, heading: str) -> set[str]:
-    """The code labels already in this subsection's table (their rows are kept)."""
+def _rows(text: str, heading: str) -> list[str]:
+    """The rows already in this subsection's table (kept beside the new one)."""
     if heading not in text:
-        return set()
+        return []
     part = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-    return {ln.split("|")[1].strip() for ln in part.splitlines() if ln.startswith("| ")}
+    return [ln for ln in part.splitlines() if ln.startswith("| ") and "search s" not in ln]
 
 
 if __name__ == "__main__":

@@ -430,20 +430,27 @@ def _train_epoch(loop: _Loop, epoch: int, batches, step_hook=None) -> dict[str, 
     t0, seen, n_steps = time.perf_counter(), 0, 0
     loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
     loop.optimizer.zero_grad(set_to_none=True)
+    accum = train.grad_accum
+    # no autocast context on a CPU, no loss scaling without accumulation: small models take
+    # ~1 ms a step, where each extra op shows
+    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if use_amp else None
     for step, raw in enumerate(batches):
         if step_hook is not None:
             step_hook(epoch, step, loop.rank)
         batch = _to_device(raw, device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        if amp is not None:
+            with amp:
+                logits = logits_of(loop.model, batch)
+        else:
             logits = logits_of(loop.model, batch)
-        loss = loop.loss_fn(logits.float(), batch["label"]) / train.grad_accum
-        loss.backward()
-        if (step + 1) % train.grad_accum == 0:
+        loss = loop.loss_fn(logits.float(), batch["label"])
+        (loss / accum if accum > 1 else loss).backward()
+        if (step + 1) % accum == 0:
             _optimizer_step(loop)
-        loss_sum += loss.detach() * train.grad_accum
+        loss_sum += loss.detach()
         seen += len(batch["label"])
         n_steps += 1
-    if n_steps % train.grad_accum:
+    if n_steps % accum:
         _optimizer_step(loop)
     elapsed = time.perf_counter() - t0
     return {
