@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = _rows(old, heading)
         body = "\n".join(
             [
-                f"- Machine: {machine({})}",
+                f"- Machine: {machine({'ray': _ray_version()})}",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 "- Command: `python benchmarks/bench_pipeline.py --set "
                 f"{args.dataset} [--code DIR --label L] --results benchmarks/RESULTS.md`",
@@ -110,11 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
 def _rows(text: str, heading: str) -> list[str]:
     """The rows already in this subsection's table (kept beside the new one)."""
-    if heading not in text:
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0] if SECTION in text else ""
+    if heading not in section:  # (the same heading may name another section's subsection)
         return []
-    part = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    part = section.split(heading, 1)[1].split("\n### ", 1)[0]
     return [ln for ln in part.splitlines() if ln.startswith("| ") and "prepare s" not in ln]
 
 

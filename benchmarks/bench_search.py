@@ -163,9 +163,10 @@ def _ray_version() -> str:
 
 def _rows(text: str, heading: str) -> list[str]:
     """The rows already in this subsection's table (kept beside the new one)."""
-    if heading not in text:
+    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0] if SECTION in text else ""
+    if heading not in section:  # (the same heading may name another section's subsection)
         return []
-    part = text.split(heading, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    part = section.split(heading, 1)[1].split("\n### ", 1)[0]
     return [ln for ln in part.splitlines() if ln.startswith("| ") and "search s" not in ln]
 
 
