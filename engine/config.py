@@ -10,6 +10,7 @@ Ray boundary pass ``dataclasses.asdict(spec.x)`` and rebuild with ``build_sectio
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -511,6 +512,19 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads ``5e-5`` and ``1e3`` as floats, as YAML 1.2 and
+    Python do (YAML 1.1 wants a dot: ``5.0e-5``; without this a learning rate written the
+    usual way would be a string)."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it (ints widen to floats)."""
     if tp is Any:
@@ -582,7 +596,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not p for p in key.split(".")):
         raise SpecError(key or text, f"--set needs KEY=VALUE (e.g. split.seed=3), got {text!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=SpecLoader) if raw.strip() else None
     except yaml.YAMLError as e:
         raise SpecError(key, f"value {raw!r} is not valid YAML: {e}") from None
     return key.split("."), value
@@ -617,7 +631,7 @@ def load_spec(
         if not p.is_file():
             raise SpecError("", f"config file not found: {p}", str(p))
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.load(p.read_text(), Loader=SpecLoader)
         except yaml.YAMLError as e:
             raise SpecError("", f"not valid YAML: {e}", str(p)) from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -148,3 +148,16 @@ def test_yaml_tags_that_would_run_code_are_refused_and_never_run(tmp_path):
         load_spec(None, [f"data.path=!!python/object/apply:os.system ['touch {marker}']"])
     assert "data.path" in str(e.value) and "is not valid YAML" in str(e.value)
     assert not marker.exists()
+
+
+def test_exponent_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_path):
+    """YAML 1.1 reads 5e-5 as a string; a learning rate is written that way."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "train:\n  lr: 3e-4\ntune:\n  search_space:\n    train.lr: {loguniform: [1e-5, 1E-3]}\n"
+    )
+    spec = load_spec(cfg, ["train.weight_decay=1e-2", "model.C=+2.5e1"])
+    assert spec.train.lr == pytest.approx(3e-4) and spec.train.weight_decay == pytest.approx(0.01)
+    assert spec.model.C == pytest.approx(25.0)
+    assert spec.tune.search_space["train.lr"] == {"loguniform": [1e-5, 1e-3]}
+    assert load_spec(None, ["data.label=e5", "name=5e"]).data.label == "e5"  # not numbers
