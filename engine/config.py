@@ -239,7 +239,8 @@ class ModelSpec:
     ``sublinear_tf`` (1 + ln tf), ``max_terms`` (a text keeps its largest TF-IDF weights).
 
     ``linear``: multinomial logistic regression solved exactly (scikit-learn's
-    ``LogisticRegression``, L2 penalty ``1 / C``) on the standardized feature columns (or the
+    ``LogisticRegression``, L2 penalty ``1 / C``; ``C`` null: each of ``LINEAR_C_GRID`` solved,
+    warm-started, the best on val kept) on the standardized feature columns (or the
     embedded text, under SMOTE-family resampling), else on the lexical TF-IDF n-grams of
     ``data.text``; the class weights are the loss's (``loss.weights``, searched as
     ``loss.weight_power``); loss name, sampler, lr and epochs do not apply. It is saved as an
@@ -259,11 +260,12 @@ class ModelSpec:
     # MLP heads: shift and scale each input feature by the training rows' mean and standard
     # deviation (kept in the model). null: on for data.features columns, off for embeddings.
     standardize: bool | None = None
-    C: float = 1.0  # linear: inverse L2 regularization strength
+    # linear: inverse L2 regularization strength; null: the best on val of LINEAR_C_GRID
+    C: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
-        _require(self.C > 0, "C", f"must be > 0, got {self.C}")
+        _require(self.C is None or self.C > 0, "C", f"must be > 0 or null, got {self.C}")
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
@@ -801,6 +803,8 @@ def parse_search_space(raw: Mapping[str, Any] | None, *, tpe: bool = False) -> d
 
 # --------------------------------------------------------------------------------------------
 # rules across sections
+
+LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # model.C null: the linear fit's C, chosen on val
 
 # train.lr null: a rate that trains each kind (AdamW): a pretrained transformer is fine-tuned
 # gently, heads and the n-gram bag start from scratch

@@ -6,14 +6,16 @@ standardized features, or the lexical n-gram bag), so that export, scoring, ense
     X = design_matrix(core, arrays)                  # dense (standardized) or sparse CSR
     w, b = fit_logistic(X, y, num_classes, C, class_weights)
     set_linear(core, w, b)
+    for C, w, b in fit_path(X, y, num_classes, [0.01, 0.1, 1, 10], class_weights): ...
 
 An exact convex solve reaches the optimum that a few epochs of AdamW at a sampled rate do not;
-its regularization ``C`` is the knob a search tunes.
+its regularization ``C`` is chosen on val from a grid (``fit_path``, warm-started) unless set.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,9 +54,21 @@ def fit_logistic(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(W (K, D), b (K,)) of an L2-penalized multinomial logistic regression on ``x, y``
     (lbfgs, scikit-learn's tolerance, at most ``MAX_ITER`` steps; sparse n-grams are solved
-    over the columns their rows use), rows weighted by their class's weight. Two classes give one
-    coefficient row, set as the second class's (softmax of [0, z] = the sigmoid of z); a class
-    absent from ``y`` gets zero weights and a bias it never wins with."""
+    over the columns their rows use), rows weighted by their class's weight. Two classes give
+    one coefficient row, set as the second class's (softmax of [0, z] = the sigmoid of z); a
+    class absent from ``y`` gets zero weights and a bias it never wins with."""
+    return next(fit_path(x, y, num_classes, [C], class_weights))[1:]
+
+
+def fit_path(
+    x: Any,
+    y: np.ndarray,
+    num_classes: int,
+    Cs: Sequence[float],
+    class_weights: list[float] | None = None,
+) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """(C, W, b) for each of ``Cs`` in increasing order, each solve warm-started from the one
+    before (as ``fit_logistic``)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -65,11 +79,17 @@ def fit_logistic(
     if hasattr(x, "indices"):  # sparse n-grams: a column no row uses keeps weight 0 (L2)
         used = np.unique(x.indices)
         x = x[:, used]
-    clf = LogisticRegression(C=float(C), max_iter=MAX_ITER, tol=TOL)
-    with warnings.catch_warnings():
-        # the solve stops at MAX_ITER: close to the optimum, and still the best fit at hand
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x, y, sample_weight=sw)
+    clf = LogisticRegression(max_iter=MAX_ITER, tol=TOL, warm_start=True)
+    for C in sorted(float(c) for c in Cs):
+        clf.set_params(C=C)
+        with warnings.catch_warnings():
+            # the solve stops at MAX_ITER: close to the optimum, and still the best fit at hand
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, y, sample_weight=sw)
+        yield (C, *_weights(clf, used, num_classes, width))
+
+
+def _weights(clf, used, num_classes: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     coef = clf.coef_
     if used is not None:
         coef = np.zeros((len(coef), int(used.max(initial=-1)) + 1))

@@ -34,6 +34,7 @@ import torch
 
 from engine import rundir
 from engine.config import (
+    LINEAR_C_GRID,
     SMOTE_METHODS,
     DataSpec,
     JobSpec,
@@ -517,7 +518,7 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
     import ray
 
     loop = _build_loop(config, session)
-    if config.get("exact_C") is not None:
+    if config.get("exact"):
         return _run_exact(config, loop, session)
     sampler = build_section(SamplerSpec, config["sampler"])
     steps, batches_of = _epoch_batches(config, sampler, loop, session)
@@ -546,38 +547,52 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
 
 
 def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, Any]]:
-    """The ``linear`` kind: one exact logistic-regression solve (``engine.linear``) on the
-    materialized train rows, then validation, checkpoint and report as an epoch would."""
+    """The ``linear`` kind: exact logistic-regression solves (``engine.linear``) on the
+    materialized train rows — ``model.C``, or each of ``LINEAR_C_GRID`` warm-started with the
+    best on val kept — then validation, checkpoint and report as an epoch would."""
     import ray
 
-    from engine.linear import design_matrix, fit_logistic, set_linear, weighted_log_loss
+    from engine.linear import design_matrix, fit_path, set_linear, weighted_log_loss
 
     arrays = ray.get(config["train_ref"])
+    val_arrays = _writable(ray.get(config["val_ref"]))
     _add_optimizer(loop, 1)  # untouched: the checkpoint keeps the loop's format
     t0 = time.perf_counter()
     x = design_matrix(loop.core, arrays)
-    weights = config["loss_weights"]
-    w, b = fit_logistic(x, arrays["label"], len(loop.counts), config["exact_C"], weights)
+    weights, C = config["loss_weights"], config["exact_C"]
+    best = None
+    for c, w, b in fit_path(
+        x, arrays["label"], len(loop.counts), [C] if C else LINEAR_C_GRID, weights
+    ):
+        set_linear(loop.core, w, b)
+        row = {"epoch": 0, "C": c}
+        _validate(loop, val_arrays, row)
+        if best is None or _better(row, best[0], loop.train.metric):
+            best = (row, w, b)
+    row, w, b = best
     set_linear(loop.core, w, b)
     seconds = time.perf_counter() - t0
-    row = {
-        "epoch": 0,
-        "train_loss": weighted_log_loss(loop.core, x, arrays["label"], weights),
-        "steps": 1,
-        "samples_per_s": len(arrays["label"]) / max(seconds, 1e-9),
-        "lr": 0.0,
-    }
-    _validate(loop, _writable(ray.get(config["val_ref"])), row)
+    row.update(
+        train_loss=weighted_log_loss(loop.core, x, arrays["label"], weights),
+        steps=1,
+        samples_per_s=len(arrays["label"]) / max(seconds, 1e-9),
+        lr=0.0,
+    )
     history = [row]
     tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
     print(
-        f"[raybalance] linear fit (C {config['exact_C']:g}) in {seconds:.1f} s  "
+        f"[raybalance] linear fit (C {row['C']:g}) in {seconds:.1f} s  "
         f"val macro-F1 {row['val_macro_f1']:.4f}  balanced acc {row['val_balanced_accuracy']:.4f}",
         flush=True,
     )
     session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     return history
+
+
+def _better(row: dict[str, Any], than: dict[str, Any], metric: str) -> bool:
+    a, b = row[metric], than[metric]
+    return a < b if metric == "val_loss" else a > b
 
 
 # --------------------------------------------------------------------------------------------
@@ -846,7 +861,8 @@ def loop_inputs(
         "input_dim": int(val_arrays["features"].shape[1]) if model_spec.kind == "mlp" else None,
         "val_ref": ray.put(val_arrays),
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
-        "exact_C": spec.model.C if exact else None,
+        "exact": exact,
+        "exact_C": spec.model.C,
     }
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:

@@ -129,7 +129,6 @@ SYNC_PERIOD_S = 5  # Tune saves its experiment state at most every 10 s anyway
 TRIAL_CPU = 0.01  # the trial function only drives a TorchTrainer (0 is refused by Tune)
 LIGHT_TRIAL_CPU = 0.5  # a one-worker trial of a small model (MLP head, lexical) packs this close
 LOSSES = tuple(n for n in LOSS_NAMES if n != "class_balanced")  # searched by default
-LINEAR_C = Dist("loguniform", (0.01, 100.0))  # model.C when linear models are searched
 
 
 def default_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dict[str, Dist]:
@@ -204,14 +203,8 @@ def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dic
     """The defaults updated with ``spec.tune.search_space`` (a null value drops a knob);
     ``model.kind`` choices that cannot read the data are dropped (``usable_kinds``)."""
     space: dict[str, Dist | None] = dict(default_search_space(spec, counts))
-    given = parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe")
-    space.update(given)
-    space = _adapt_kinds(spec, {k: d for k, d in space.items() if d is not None})
-    kind = space.get("model.kind")
-    if "linear" in (kind.args if kind is not None else (spec.model.kind,)):
-        if "model.C" not in given:  # (a null there drops it: the spec's C is used)
-            space["model.C"] = LINEAR_C
-    return space
+    space.update(parse_search_space(spec.tune.search_space, tpe=spec.tune.scheduler == "tpe"))
+    return _adapt_kinds(spec, {k: d for k, d in space.items() if d is not None})
 
 
 def _weights_active(v: Mapping[str, Any]) -> bool:
@@ -626,8 +619,8 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
                 attempts = sum(1 for _ in f)
         if result.error is not None:
             status = "error"
-        elif len(history) >= spec.train.epochs:
-            status = "completed"
+        elif len(history) >= spec.train.epochs or os.path.exists(finished):
+            status = "completed"  # (a linear fit is one solve: one row, then its export)
         else:
             status = "stopped"
         row: dict[str, Any] = {"trial_id": trial_id, "status": status, "attempts": attempts}

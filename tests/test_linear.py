@@ -13,10 +13,18 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from engine.config import ModelSpec, load_spec
+from engine.config import LINEAR_C_GRID, ModelSpec, load_spec
 from engine.data import LabelMap
 from engine.evaluate import evaluate_split
-from engine.linear import MAX_ITER, TOL, design_matrix, fit_logistic, set_linear, weighted_log_loss
+from engine.linear import (
+    MAX_ITER,
+    TOL,
+    design_matrix,
+    fit_logistic,
+    fit_path,
+    set_linear,
+    weighted_log_loss,
+)
 from engine.models import build_model, load_model, logits_of
 from engine.prepare import prepare
 from engine.train import train_model
@@ -55,6 +63,21 @@ def test_the_fitted_head_gives_sklearns_probabilities_on_raw_features(k):
     np.testing.assert_allclose(probs, ref.predict_proba(design), atol=1e-5)
     loss = weighted_log_loss(model, design, y, weights)
     assert 0 < loss < np.log(k)
+
+
+def test_the_warm_started_path_reaches_each_Cs_own_solution():
+    x, y = _blobs(3, n=400)
+    design = design_matrix(_mlp(3, x.shape[1], x), {"features": x})
+    path = list(fit_path(design, y, 3, [10.0, 0.01, 1.0]))
+    assert [c for c, _, _ in path] == [0.01, 1.0, 10.0]  # increasing: each warm-starts the next
+    for c, w, b in path:
+        w1, b1 = fit_logistic(design, y, 3, c)
+        z, z1 = design @ w.T + b, design @ w1.T + b1
+        np.testing.assert_allclose(
+            z - z.mean(1, keepdims=True), z1 - z1.mean(1, keepdims=True), atol=1e-2
+        )
+    norms = [np.abs(w).sum() for _, w, _ in path]
+    assert norms[0] < norms[1] < norms[2]  # less regularization, larger weights
 
 
 def test_a_class_absent_from_the_rows_is_never_predicted():
@@ -131,13 +154,13 @@ def test_linear_on_text_fits_tfidf_ngrams_and_predicts_raw_text(ray_local, trec5
     sets = [
         f"data.path={trec50}",
         f"run_dir={tmp_path / 'run'}",
-        "model.kind=linear",
-        "model.C=10",
+        "model.kind=linear",  # model.C null: chosen on val
         "model.n_features=65536",
     ]
     spec = load_spec(ROOT / "jobs/configs/trec50.yaml", sets)
     prepare(spec)
     result = train_model(spec)
+    assert result.metrics[0]["C"] in LINEAR_C_GRID
     assert result.best["val_macro_f1"] > 0.4  # 50 classes; the lexical AdamW test gets ~0.5
     model, label_map = load_model(result.best_dir)
     assert model.config["hidden"] == [] and model.vectorizer is not None

@@ -154,17 +154,17 @@ def test_model_kinds_that_cannot_read_the_data_are_dropped_from_the_search(caplo
         resolve_search_space(only)
 
 
-def test_linear_trials_search_C_and_class_weights_and_ignore_the_training_knobs():
-    from engine.tune import LINEAR_C, apply_knobs, is_active, trial_values
+def test_linear_trials_search_class_weights_and_ignore_the_training_knobs():
+    from engine.tune import apply_knobs, is_active, trial_values
 
     grid = {"model.kind": {"grid": ["mlp", "linear"]}}
     feats = load_spec(None, ["data.features=[a, b]", "model.kind=mlp", f"tune.search_space={grid}"])
     space = resolve_search_space(feats)
-    assert space["model.kind"].args == ("mlp", "linear") and space["model.C"] == LINEAR_C
-    assert "model.C" not in resolve_search_space(load_spec(None, ["data.features=[a]"]))
-    dropped = "{model.kind: {grid: [mlp, linear]}, model.C: null}"
-    no_c = load_spec(None, ["data.features=[a]", f"tune.search_space={dropped}"])
-    assert "model.C" not in resolve_search_space(no_c)  # null: the spec's C in every trial
+    assert space["model.kind"].args == ("mlp", "linear")
+    assert "model.C" not in space  # a linear trial picks its C on val itself (model.C null)
+    searched = "{model.kind: {grid: [mlp, linear]}, model.C: {loguniform: [0.1, 10]}}"
+    with_c = load_spec(None, ["data.features=[a]", f"tune.search_space={searched}"])
+    assert resolve_search_space(with_c)["model.C"] == Dist("loguniform", (0.1, 10.0))
 
     linear = trial_values(feats, {"model.kind": "linear", "loss.name": "focal"})
     mlp = trial_values(feats, {"model.kind": "mlp", "loss.name": "focal"})
@@ -174,9 +174,8 @@ def test_linear_trials_search_C_and_class_weights_and_ignore_the_training_knobs(
     assert is_active("loss.weight_power", linear)  # w ∝ n^-p weighs the solve's rows
     knobs = {"model.kind": "linear", "model.C": 3.0, "loss.weight_power": 1.0, "loss.name": "ce"}
     trial = apply_knobs(feats, knobs, np.array([90, 10]), ["0", "1"])
-    assert trial.model.C == 3.0 and trial.loss.weights == pytest.approx(
-        {"0": 0.5556, "1": 5.0}, rel=1e-3
-    )
+    assert trial.model.C == 3.0
+    assert trial.loss.weights == pytest.approx({"0": 0.5556, "1": 5.0}, rel=1e-3)
 
 
 def test_choices_of_values_optuna_cannot_hold_round_trip_through_json():
