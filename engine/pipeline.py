@@ -133,7 +133,8 @@ def _members(spec: JobSpec, run: RunDir) -> list[Any]:
     from engine.ensemble import model_ref, select_members
 
     metric = spec.tune.metric
-    rows = select_members(pd.read_parquet(run.tune_results), spec.ensemble.top_k, metric)
+    per_kind = spec.ensemble.candidates == "per_kind"
+    rows = select_members(pd.read_parquet(run.tune_results), spec.ensemble.top_k, metric, per_kind)
     if len(rows) < spec.ensemble.top_k:
         log.warning(
             "ensemble: %d trial(s) with a model, fewer than ensemble.top_k=%d",

@@ -73,9 +73,13 @@ def model_ref(data: DataSpec, name: str, folder: str, **extra: Any) -> ModelRef:
     return ModelRef(name, os.path.abspath(folder), kind, inputs, **extra)
 
 
-def select_members(table: Any, top_k: int, metric: str) -> list[dict[str, Any]]:
+def select_members(
+    table: Any, top_k: int, metric: str, per_kind: bool = False
+) -> list[dict[str, Any]]:
     """The ``top_k`` best trials of a Tune results table (``engine.tune.results_table``) that
-    exported a model, best first. Raises ValueError when there is none."""
+    exported a model, best first; ``per_kind``: the best trial of each ``model.kind`` first
+    (so that every kind the search tried is a candidate), then the next best. Raises
+    ValueError when there is none."""
     rows = [
         r
         for r in table.to_dict("records")
@@ -91,6 +95,12 @@ def select_members(table: Any, top_k: int, metric: str) -> list[dict[str, Any]]:
             f"no trial of the search finished with a model and a finite {metric}; see "
             "RUN_DIR/tune/results.csv for the trials' errors"
         )
+    if per_kind:
+        kinds = [str(r.get("model.kind")) for r in rows]
+        first = {i for i, k in enumerate(kinds) if k not in kinds[:i]}  # each kind's best
+        rows = [r for i, r in enumerate(rows) if i in first] + [
+            r for i, r in enumerate(rows) if i not in first
+        ]
     return rows[:top_k]
 
 

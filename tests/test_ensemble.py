@@ -160,6 +160,30 @@ def test_top_trials_are_chosen_by_the_metric_skipping_errors_and_missing_models(
         select_members(table.iloc[2:4], 2, "val_macro_f1")
 
 
+def test_per_kind_candidates_put_each_kinds_best_first(tmp_path):
+    import pandas as pd
+
+    d = tmp_path / "m"
+    d.mkdir()
+    table = pd.DataFrame(
+        {
+            "trial_id": list("abcdef"),
+            "status": ["completed"] * 6,
+            "model.kind": ["mlp", "mlp", "mlp", "linear", "lexical", "linear"],
+            "val_macro_f1": [0.9, 0.8, 0.7, 0.5, 0.6, 0.55],
+            "best_dir": [str(d)] * 6,
+        }
+    )
+    best = [r["trial_id"] for r in select_members(table, 3, "val_macro_f1")]
+    assert best == ["a", "b", "c"]  # by rank alone: one kind
+    mixed = [r["trial_id"] for r in select_members(table, 3, "val_macro_f1", per_kind=True)]
+    assert mixed == ["a", "e", "f"]  # mlp, lexical, linear: each kind's best, best first
+    wide = [r["trial_id"] for r in select_members(table, 5, "val_macro_f1", per_kind=True)]
+    assert wide == ["a", "e", "f", "b", "c"]
+    one_kind = table.drop(columns=["model.kind"])
+    assert [r["trial_id"] for r in select_members(one_kind, 2, "val_macro_f1", True)] == ["a", "b"]
+
+
 # --------------------------------------------------------------------------------------------
 # members of mixed kinds, scored by the actor pool, saved as one artifact
 
