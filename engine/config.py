@@ -245,9 +245,13 @@ class ModelSpec:
     ``data.text``; the class weights are the loss's (``loss.weights``, searched as
     ``loss.weight_power``); loss name, sampler, lr and epochs do not apply. It is saved as an
     MLP or lexical model without hidden layers, so everything that reads those reads it.
+
+    ``gbdt``: gradient-boosted trees (LightGBM, ``engine.gbdt``) over the feature columns or the
+    text's embeddings, rounds stopped early on val, rows weighted by the loss's class weights;
+    saved as LightGBM's text model. Loss name, sampler, lr and epochs do not apply.
     """
 
-    kind: Literal["transformer", "mlp", "lexical", "linear"] = "transformer"
+    kind: Literal["transformer", "mlp", "lexical", "linear", "gbdt"] = "transformer"
     path: str = "minilm"
     max_length: int = 64
     hidden: list[int] = field(default_factory=lambda: [256])
@@ -811,7 +815,8 @@ LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # model.C null: the linear fit's 
 
 # train.lr null: a rate that trains each kind (AdamW): a pretrained transformer is fine-tuned
 # gently, heads and the n-gram bag start from scratch
-DEFAULT_LR = {"transformer": 5e-5, "mlp": 3e-3, "lexical": 1e-2, "linear": 3e-3}
+DEFAULT_LR = {"transformer": 5e-5, "mlp": 3e-3, "lexical": 1e-2, "linear": 3e-3, "gbdt": 3e-3}
+EXACT_KINDS = ("linear", "gbdt")  # fitted by one solve in one process, not by epochs of AdamW
 
 
 def learning_rate(spec: JobSpec) -> float:
@@ -820,8 +825,8 @@ def learning_rate(spec: JobSpec) -> float:
 
 
 def needs_embedding(spec: JobSpec) -> bool:
-    """Text must become a feature column: for an MLP head or for SMOTE-family resampling."""
-    wants_features = spec.model.kind == "mlp" or spec.resample.method in SMOTE_METHODS
+    """Text must become a feature column: for an MLP head, trees or SMOTE-family resampling."""
+    wants_features = spec.model.kind in ("mlp", "gbdt") or spec.resample.method in SMOTE_METHODS
     return bool(spec.data.text) and not spec.data.features and wants_features
 
 

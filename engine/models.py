@@ -178,6 +178,12 @@ def build_model(
         return MLPClassifier(
             input_dim, list(spec.hidden), len(label_map), spec.dropout, bool(spec.standardize)
         )
+    if spec.kind == "gbdt":
+        from engine.gbdt import GBDTClassifier
+
+        if not input_dim:
+            raise ValueError("model.kind=gbdt needs feature columns: set data.features")
+        return GBDTClassifier(input_dim, len(label_map))  # its booster comes from the fit
     if spec.kind == "lexical":
         from engine.lexical import LexicalClassifier
 
@@ -186,7 +192,7 @@ def build_model(
         )
     raise ValueError(
         f"model.kind={spec.kind!r} is not trainable by this version; "
-        "use transformer, mlp or lexical"
+        "use transformer, mlp, lexical, linear or gbdt"
     )
 
 
@@ -203,11 +209,14 @@ def save_model(model: nn.Module, folder: str, label_map: LabelMap, tokenizer=Non
     """Write ``folder`` (which must not exist yet or be empty): weights, config, label map."""
     from safetensors.torch import save_file
 
+    from engine.gbdt import GBDTClassifier
     from engine.lexical import LexicalClassifier
 
     os.makedirs(folder, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
-    if isinstance(model, (MLPClassifier, LexicalClassifier)):
+    if isinstance(model, GBDTClassifier):
+        model.save(folder)  # LightGBM's text model + config.json
+    elif isinstance(model, (MLPClassifier, LexicalClassifier)):
         lexical = isinstance(model, LexicalClassifier)
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(folder, WEIGHTS))
@@ -243,6 +252,10 @@ def load_model(folder: str) -> tuple[nn.Module, LabelMap]:
         )
         model.load_state_dict(load_file(os.path.join(folder, WEIGHTS)))
         return model, label_map
+    if config.get("model_type") == "raybalance-gbdt":
+        from engine.gbdt import GBDTClassifier
+
+        return GBDTClassifier.load(folder, config), label_map
     if config.get("model_type") == "raybalance-lexical":
         from engine.lexical import LexicalClassifier, Vectorizer
 

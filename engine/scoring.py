@@ -41,7 +41,7 @@ class ModelRef:
 
     name: str
     dir: str
-    kind: str  # "mlp" | "lexical" | "transformer"
+    kind: str  # "mlp" | "gbdt" | "lexical" | "transformer"
     inputs: str  # "text" | "features" | "embedding"
     max_length: int = 128
     source: str = ""  # where it came from (a trial id, "baseline")
@@ -55,14 +55,15 @@ def model_kind(folder: str) -> str:
         raise ValueError(f"{folder} is not a saved model: it has no config.json")
     with open(path) as f:
         model_type = json.load(f).get("model_type")
-    return {"raybalance-mlp": "mlp", "raybalance-lexical": "lexical"}.get(model_type, "transformer")
+    kinds = {"raybalance-mlp": "mlp", "raybalance-lexical": "lexical", "raybalance-gbdt": "gbdt"}
+    return kinds.get(model_type, "transformer")
 
 
 def model_ref(data: DataSpec, name: str, folder: str, **extra: Any) -> ModelRef:
     """A ``ModelRef`` for a model trained on the columns of ``data`` (an MLP without feature
     columns reads the embedding of the text)."""
     kind = model_kind(folder)
-    if kind != "mlp":
+    if kind not in ("mlp", "gbdt"):
         inputs = "text"
     elif data.features:
         inputs = "features"

@@ -34,6 +34,7 @@ import torch
 
 from engine import rundir
 from engine.config import (
+    EXACT_KINDS,
     LINEAR_C_GRID,
     SMOTE_METHODS,
     DataSpec,
@@ -89,7 +90,7 @@ def _to_inputs(batch, cols: Columns, model: ModelSpec, label_map: LabelMap, vect
     import pyarrow as pa
 
     labels = label_map.encode(pa.array(batch[cols.label]))
-    if model.kind == "mlp":
+    if model.kind in ("mlp", "gbdt"):
         out = {"features": feature_matrix(batch, list(cols.features), cols.vector)}
     elif model.kind == "lexical":
         idx, val = vectorizer.transform(batch[cols.text])
@@ -107,8 +108,10 @@ def preprocess(ds, cols: Columns, model: ModelSpec, label_map: LabelMap, vectori
 
     ``vectorizer`` (``engine.lexical.Vectorizer``, lexical only): fitted on the train split.
     """
-    if model.kind == "mlp" and not (cols.features or cols.vector):
-        raise ValueError("model.kind=mlp needs data.features (numeric columns or a list column)")
+    if model.kind in ("mlp", "gbdt") and not (cols.features or cols.vector):
+        raise ValueError(
+            f"model.kind={model.kind} needs data.features (numeric columns or a list column)"
+        )
     if model.kind == "lexical":
         if not cols.text:
             raise ValueError(
@@ -247,6 +250,7 @@ class _Loop:
     params: list[torch.nn.Parameter]
     optimizer: Any = None
     scheduler: Any = None
+    model_kind: str = ""
 
 
 def _build_loop(config: dict[str, Any], session) -> _Loop:
@@ -283,6 +287,7 @@ def _build_loop(config: dict[str, Any], session) -> _Loop:
         core=getattr(model, "module", model),
         loss_fn=loss_fn.to(device),
         params=[p for p in model.parameters() if p.requires_grad],
+        model_kind=model_spec.kind,
     )
 
 
@@ -491,10 +496,11 @@ def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]], where: str | Non
         os.makedirs(where, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="rb-ckpt-", dir=where)
     save_model(loop.core, os.path.join(tmp, "model"), loop.label_map)
-    save_state(
-        {"optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict()},
-        os.path.join(tmp, "train_state"),
-    )
+    if loop.optimizer is not None:  # (a tree model has none)
+        save_state(
+            {"optimizer": loop.optimizer.state_dict(), "scheduler": loop.scheduler.state_dict()},
+            os.path.join(tmp, "train_state"),
+        )
     with open(os.path.join(tmp, "history.json"), "w") as f:
         json.dump(history, f)
     return tmp
@@ -519,7 +525,8 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
 
     loop = _build_loop(config, session)
     if config.get("exact"):
-        return _run_exact(config, loop, session)
+        run = _run_gbdt if loop.model_kind == "gbdt" else _run_exact
+        return run(config, loop, session)
     sampler = build_section(SamplerSpec, config["sampler"])
     steps, batches_of = _epoch_batches(config, sampler, loop, session)
     _add_optimizer(loop, steps)
@@ -578,11 +585,50 @@ def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, A
         samples_per_s=len(arrays["label"]) / max(seconds, 1e-9),
         lr=0.0,
     )
+    return _report_exact(loop, session, row, f"linear fit (C {row['C']:g}) in {seconds:.1f} s")
+
+
+def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, Any]]:
+    """The ``gbdt`` kind: one LightGBM fit (``engine.gbdt``) on the materialized train rows,
+    rounds stopped early on val, then validation, checkpoint and report as an epoch would."""
+    import ray
+
+    from engine.gbdt import fit_booster
+
+    arrays = ray.get(config["train_ref"])
+    val_arrays = _writable(ray.get(config["val_ref"]))
+    t0 = time.perf_counter()
+    booster = fit_booster(
+        arrays["features"],
+        arrays["label"],
+        len(loop.counts),
+        config["loss_weights"],
+        val_arrays["features"],
+        val_arrays["label"],
+        seed=loop.train.seed,
+    )
+    loop.core.set_booster(booster.model_to_string())
+    seconds = time.perf_counter() - t0
+    row: dict[str, Any] = {"epoch": 0, "rounds": int(booster.current_iteration())}
+    _validate(loop, val_arrays, row)
+    row.update(
+        train_loss=float("nan"),
+        steps=row["rounds"],
+        samples_per_s=len(arrays["label"]) / max(seconds, 1e-9),
+        lr=0.0,
+    )
+    return _report_exact(
+        loop, session, row, f"gbdt fit ({row['rounds']} rounds) in {seconds:.1f} s"
+    )
+
+
+def _report_exact(loop: _Loop, session, row: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    """Checkpoint and report the one row of an exact fit; returns the history."""
     history = [row]
     tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
     print(
-        f"[raybalance] linear fit (C {row['C']:g}) in {seconds:.1f} s  "
-        f"val macro-F1 {row['val_macro_f1']:.4f}  balanced acc {row['val_balanced_accuracy']:.4f}",
+        f"[raybalance] {what}  val macro-F1 {row['val_macro_f1']:.4f}  "
+        f"balanced acc {row['val_balanced_accuracy']:.4f}",
         flush=True,
     )
     session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
@@ -812,7 +858,7 @@ def train_model(
     (``fit_in_process``: no worker group to start, seconds sooner), a GPU or several workers on
     Ray Train (``fit``). The same seed gives the same metrics and model either way."""
     kw = dict(overwrite=overwrite, out_dir=out_dir, train_data=train_data, step_hook=step_hook)
-    if spec.model.kind == "linear":
+    if spec.model.kind in EXACT_KINDS:
         return fit_in_process(one_process(spec), tune=False, **kw)
     if spec.train.num_workers == 1 and not spec.train.use_gpu:
         return fit_in_process(spec, tune=False, **kw)
@@ -820,7 +866,8 @@ def train_model(
 
 
 def one_process(spec: JobSpec) -> JobSpec:
-    """``spec`` trained in one process: a ``linear`` fit is one solve, not data-parallel."""
+    """``spec`` trained in one process: a ``linear`` or ``gbdt`` fit is one solve, not
+    data-parallel."""
     return replace(spec, train=replace(spec.train, num_workers=1, use_gpu=False))
 
 
@@ -841,7 +888,7 @@ def loop_inputs(
         vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(model_spec))
     # Materialized rows in source order: the same seed draws the same batches in every run.
     # A stream stays unordered, for throughput (an exact linear fit always materializes).
-    exact = spec.model.kind == "linear"
+    exact = spec.model.kind in EXACT_KINDS
     stream = spec.sampler.mode == "stream" and not exact
     train_ds = preprocess(
         read_dataset(source, ordered=not stream), cols, model_spec, label_map, vectorizer
@@ -858,7 +905,9 @@ def loop_inputs(
         "label_map": label_map.to_json(),
         "class_counts": counts.tolist(),
         "loss_weights": _class_weights(spec.loss, spec.stats, counts, keys),
-        "input_dim": int(val_arrays["features"].shape[1]) if model_spec.kind == "mlp" else None,
+        "input_dim": (
+            int(val_arrays["features"].shape[1]) if model_spec.kind in ("mlp", "gbdt") else None
+        ),
         "val_ref": ray.put(val_arrays),
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
         "exact": exact,

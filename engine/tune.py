@@ -166,7 +166,7 @@ def usable_kinds(spec: JobSpec) -> tuple[str, ...]:
 
     kinds = []
     if spec.data.features or needs_embedding(spec):
-        kinds.append("mlp")
+        kinds += ["mlp", "gbdt"]
     if spec.data.text and spec.resample.method not in SMOTE_METHODS:  # synthetic rows: no text
         kinds += ["lexical", "transformer"]
     if kinds:
@@ -208,11 +208,11 @@ def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dic
 
 
 def _weights_active(v: Mapping[str, Any]) -> bool:
-    return v["loss.name"] in ("weighted_ce", "focal") or v["model.kind"] == "linear"
+    return v["loss.name"] in ("weighted_ce", "focal") or v["model.kind"] in ("linear", "gbdt")
 
 
 def _not_linear(rule: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda v: v["model.kind"] != "linear" and rule(v)
+    return lambda v: v["model.kind"] not in ("linear", "gbdt") and rule(v)
 
 
 # knob -> when it changes the trial, given the trial's values (spec values + sampled knobs)
@@ -233,7 +233,7 @@ ACTIVE: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "sampler.buffer_rows": lambda v: v["sampler.mode"] == "stream",
     "model.C": lambda v: v["model.kind"] == "linear",
 }
-# a linear fit is one exact solve: the loss (but its class weights), the sampler and the
+# a linear or gbdt fit is one solve: the loss (but its class weights), the sampler and the
 # schedule do not change it
 for _key in ("loss.name", "sampler.kind", "train.lr", "train.batch_size", "train.weight_decay"):
     ACTIVE[_key] = _not_linear(ACTIVE.get(_key, lambda v: True))
@@ -524,7 +524,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
-    if trial.model.kind == "linear":
+    if trial.model.kind in ("linear", "gbdt"):
         fit_in_process(one_process(trial), out_dir=out, train_data=train_data)
     elif trial.train.num_workers == 1:
         fit_in_process(trial, out_dir=out, train_data=train_data)
@@ -802,7 +802,7 @@ def _light(spec: JobSpec, space: Mapping[str, Dist]) -> bool:
     """Whether every trial trains a small model (an MLP head or the lexical model)."""
     d = space.get("model.kind")
     kinds = d.args if d is not None else (spec.model.kind,)
-    return set(kinds) <= {"mlp", "lexical", "linear"}
+    return set(kinds) <= {"mlp", "lexical", "linear", "gbdt"}
 
 
 def _clear_finished(tune_dir: str, overwrite: bool) -> None:

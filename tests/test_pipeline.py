@@ -1,8 +1,8 @@
 """`raybalance run` end to end on real Ray (its own embedded Ray with the dashboard, in a
-subprocess): the demo config on real TREC-50 text with a tiny encoder, MLP, lexical and linear
-trials mixed in one ensemble, the summary table, metrics.json / report.html, a rerun that skips
-every stage, a changed spec, and `raybalance predict` on the artifact agreeing with the
-pipeline."""
+subprocess): the demo config on real TREC-50 text with a tiny encoder, MLP, lexical, linear
+and gbdt trials mixed in one ensemble, the summary table, metrics.json / report.html, a rerun
+that skips every stage, a changed spec, and `raybalance predict` on the artifact agreeing with
+the pipeline."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
 
     table = pd.read_parquet(run / "tune" / "results.parquet")
     kinds = sorted(table["model.kind"])
-    assert kinds == ["lexical", "linear", "mlp"] and (table["status"] != "error").all()
+    assert kinds == ["gbdt", "lexical", "linear", "mlp"] and (table["status"] != "error").all()
     manifest = json.loads((run / "ensemble" / "manifest.json").read_text())
     info = manifest["extra"]
     ranked = list(table["model.kind"])  # best first
