@@ -74,7 +74,16 @@ from engine.data import LabelMap  # noqa: E402
 from engine.evaluate import tail_classes  # noqa: E402
 from engine.metrics import classification_metrics  # noqa: E402
 
-DATASETS = ("trec50", "trec6", "sms_spam", "digits_lt100", "page_blocks0", "satimage")
+DATASETS = (
+    "trec50",
+    "trec6",
+    "sms_spam",
+    "digits_lt100",
+    "digits_lt10",
+    "page_blocks0",
+    "satimage",
+    "sylva",
+)
 C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
 MAX_ITER = 5000
 SEED = 0
