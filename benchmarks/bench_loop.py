@@ -2,12 +2,16 @@
 ``TensorBatches``, the map-mode batches) against a plain PyTorch loop, their epochs interleaved
 in one process so that both see the same machine load.
 
-    python benchmarks/bench_loop.py [--epochs 60] [--rows 499] --results benchmarks/RESULTS.md
+    python benchmarks/bench_loop.py [--model mlp|lexical] [--epochs 60] [--rows 499] \
+        --results benchmarks/RESULTS.md
 
-Both train the same model (an MLP head, hidden [256], over 64 features; 10 classes; batch 32;
-the same initial weights), loss (``ce`` from ``engine.losses``), AdamW, linear warm-up/decay
-schedule and gradient clipping at 1.0, on the same random rows held as tensors; the plain loop
-gathers a fresh ``torch.randperm`` order each epoch. Epochs alternate engine, plain, engine, ...
+Both train the same model (``mlp``: an MLP head, hidden [256], over 64 features; ``lexical``: the
+linear n-gram bag, 2^18 buckets, 32 terms a row, with its sparse gradients and lazy AdamW; 10
+classes; batch 32; the same initial weights), loss (``ce`` from ``engine.losses``), optimizer
+(``engine.train._add_optimizer``: AdamW, or LazyAdamW for the bag), linear warm-up/decay
+schedule and gradient clipping at 1.0 (``engine.lexical.clip_grad_norm``, which takes sparse
+gradients), on the same random rows held as tensors; the plain loop gathers a fresh
+``torch.randperm`` order each epoch. Epochs alternate engine, plain, engine, ...
 ``torch.set_num_threads(2)``. Epoch 1 of each is left out; the table gives the median and the
 harmonic mean (total samples / total seconds) of the samples/s of the others, and their ratio.
 This is the comparison of the loops; `bench_train.py` runs whole `fit` calls, whose separate
@@ -46,17 +50,23 @@ INTRO = (
     "in one process. See `benchmarks/bench_loop.py`.\n"
 )
 D, K, B = 64, 10, 32
+BUCKETS, TERMS = 2**18, 32
 
 
-def _loop(x: np.ndarray, y: np.ndarray, epochs: int) -> _Loop:
+def _loop(kind: str, y: np.ndarray, epochs: int) -> _Loop:
     torch.manual_seed(0)
     label_map = LabelMap.from_values("y", "int", list(range(K)))
-    model = build_model(ModelSpec(kind="mlp", hidden=[256]), label_map, input_dim=D)
+    if kind == "mlp":
+        spec = ModelSpec(kind="mlp", hidden=[256])
+        model = build_model(spec, label_map, input_dim=D)
+    else:
+        spec = ModelSpec(kind="lexical", hidden=[], n_features=BUCKETS, max_terms=TERMS)
+        model = build_model(spec, label_map)
     counts = np.bincount(y, minlength=K)
-    spec = TrainSpec(epochs=epochs, batch_size=B, lr=0.003, seed=0)
+    train = TrainSpec(epochs=epochs, batch_size=B, lr=0.003, seed=0)
     loss = loss_from_spec(LossSpec(name="ce"), counts.tolist(), None, epochs)
     return _Loop(
-        train=spec,
+        train=train,
         label_map=label_map,
         counts=counts,
         device=torch.device("cpu"),
@@ -66,41 +76,59 @@ def _loop(x: np.ndarray, y: np.ndarray, epochs: int) -> _Loop:
         core=model,
         loss_fn=loss,
         params=[p for p in model.parameters() if p.requires_grad],
+        model_kind=kind,
     )
 
 
-def _plain_epoch(loop: _Loop, x: torch.Tensor, y: torch.Tensor) -> float:
+def _rows(kind: str, rows: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, K, rows).astype(np.int64)
+    if kind == "mlp":
+        return {"features": rng.normal(size=(rows, D)).astype(np.float32), "label": y}
+    idx = rng.integers(0, BUCKETS, size=(rows, TERMS)).astype(np.int32)
+    return {"lex_idx": idx, "lex_val": rng.random((rows, TERMS)).astype(np.float32), "label": y}
+
+
+def _plain_epoch(loop: _Loop, data: dict[str, torch.Tensor]) -> float:
+    from engine.lexical import clip_grad_norm
+
     t0 = time.perf_counter()
     loop.model.train()
+    y = data["label"]
     for idx in torch.randperm(len(y)).split(B):
-        loss = loop.loss_fn(logits_of(loop.model, {"features": x[idx]}), y[idx])
+        batch = {k: v[idx] for k, v in data.items()}
+        loss = loop.loss_fn(logits_of(loop.model, batch), batch["label"])
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(loop.params, 1.0)
+        clip_grad_norm(loop.params, 1.0)
         loop.optimizer.step()
         loop.scheduler.step()
         loop.optimizer.zero_grad(set_to_none=True)
     return len(y) / (time.perf_counter() - t0)
 
 
-def measure(rows: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(rows, D)).astype(np.float32)
-    y = rng.integers(0, K, rows).astype(np.int64)
-    engine, plain = _loop(x, y, epochs), _loop(x, y, epochs)
-    loader = _map_loader({"features": x, "label": y}, SamplerSpec(kind="none"), engine)
+def measure(kind: str, rows: int, epochs: int) -> tuple[np.ndarray, np.ndarray]:
+    arrays = _rows(kind, rows)
+    engine, plain = _loop(kind, arrays["label"], epochs), _loop(kind, arrays["label"], epochs)
+    loader = _map_loader(arrays, SamplerSpec(kind="none"), engine)
     _add_optimizer(engine, len(loader))
     _add_optimizer(plain, len(loader))
-    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    tensors = {
+        k: torch.as_tensor(v).long()
+        if k != "lex_val" and v.dtype.kind == "i"
+        else torch.as_tensor(v)
+        for k, v in arrays.items()
+    }
     rates_e, rates_p = [], []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         rates_e.append(_train_epoch(engine, epoch, loader)["samples_per_s"])
-        rates_p.append(_plain_epoch(plain, xt, yt))
+        rates_p.append(_plain_epoch(plain, tensors))
     return np.asarray(rates_e[1:]), np.asarray(rates_p[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("mlp", "lexical"), default="mlp")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--rows", type=int, default=499)
     p.add_argument("--results", type=Path)
@@ -109,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     load = os.getloadavg()[0]
-    eng, pla = measure(args.rows, args.epochs)
+    eng, pla = measure(args.model, args.rows, args.epochs)
     harm = [len(r) / np.sum(1 / r) for r in (eng, pla)]
     med = [float(np.median(r)) for r in (eng, pla)]
     table = "\n".join(
@@ -127,15 +155,16 @@ def main(argv: list[str] | None = None) -> int:
             [
                 f"- Machine: {machine({'torch': torch.__version__})}",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; load (1 min) {load:.2f}",
-                f"- Command: `python benchmarks/bench_loop.py --epochs {args.epochs} --rows "
-                f"{args.rows} --results benchmarks/RESULTS.md`",
-                f"- {args.rows} rows × {D} features, {K} classes, batch {B}, {args.epochs} epochs "
-                "of each loop interleaved (epoch 1 left out)",
+                f"- Command: `python benchmarks/bench_loop.py --model {args.model} --epochs "
+                f"{args.epochs} --rows {args.rows} --results benchmarks/RESULTS.md`",
+                f"- {args.rows} rows, {K} classes, batch {B}, {args.epochs} epochs of each loop "
+                "interleaved (epoch 1 left out)",
                 "",
                 table,
             ]
         )
-        heading = f"### MLP head, {args.rows} rows, batch {B}, cpu"
+        what = "MLP head" if args.model == "mlp" else f"lexical bag (2^18 buckets, {TERMS} terms)"
+        heading = f"### {what}, {args.rows} rows, batch {B}, cpu"
         update_section(args.results, SECTION, INTRO, heading, body)
     return 0
 
