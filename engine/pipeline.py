@@ -151,6 +151,7 @@ def _members(spec: JobSpec, run: RunDir) -> list[Any]:
                 str(r["best_dir"]),
                 source=f"trial {r['trial_id']}",
                 val_metric=float(r[metric]),
+                trained_as=str(r.get("model.kind") or spec.model.kind).strip('"'),
                 max_length=int(max_length) if _is_num(max_length) else spec.model.max_length,
             )
         )
@@ -192,7 +193,8 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     splits = {s: run.model_split(s) for s in ("val", "test")}
     scores = score_splits([*members, baseline], splits, spec.data, label_map, embed)
     candidates = [
-        {"name": m.name, "kind": m.kind, "source": m.source, metric: m.val_metric} for m in members
+        {"name": m.name, "kind": m.trained_as or m.kind, "source": m.source, metric: m.val_metric}
+        for m in members
     ]
     members = _select(spec, members, scores)
     y_val = scores["val"].y
@@ -214,7 +216,12 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
         "candidates": candidates,
         "selection": spec.ensemble.selection,
         "members": [
-            {"name": m.name, "kind": m.kind, "source": m.source, metric: m.val_metric}
+            {
+                "name": m.name,
+                "kind": m.trained_as or m.kind,
+                "source": m.source,
+                metric: m.val_metric,
+            }
             for m in members
         ],
         "weights": fitted.weights,

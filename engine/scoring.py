@@ -46,6 +46,7 @@ class ModelRef:
     max_length: int = 128
     source: str = ""  # where it came from (a trial id, "baseline")
     val_metric: float | None = None
+    trained_as: str = ""  # the model.kind it was trained as (linear is read as mlp/lexical)
 
 
 def model_kind(folder: str) -> str:
