@@ -248,7 +248,8 @@ def test_pipeline_submitted_to_two_nodes_survives_its_driver_killed_and_resubmit
     assert "plain CE baseline" in logs and "ensemble of" in logs
 
     table = pd.read_parquet(run / "tune/results.parquet")
-    assert len(table) == 2 and set(table["status"]) == {"completed"}
+    # the demo's grid: mlp, lexical, linear, gbdt, one sample each
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
     attempts = dict(zip(table["trial_id"], table["attempts"]))
     assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
     assert all(_attempts(run, t) == attempts[t] for t in attempts)
