@@ -92,9 +92,10 @@ INTRO = (
     "Test macro-F1, balanced accuracy and tail-class recall (mean recall over the third of the "
     "classes with the fewest train rows) of the engine's plain-CE baseline, best single tuned "
     "model and ensemble + thresholds against scikit-learn / imbalanced-learn baselines, all on "
-    "the engine's own seeded splits. (b) and (c) read the engine's model inputs (frozen MiniLM "
-    "embeddings for text, the feature columns otherwise); C of (b)-(d) is chosen on val "
-    "macro-F1. See `benchmarks/bench_quality.py` for the exact recipe."
+    "the engine's own seeded splits. (b), (c), (e) and LightGBM (f1, f2) read the engine's "
+    "model inputs (frozen MiniLM embeddings for text, the feature columns otherwise); (d1, d2) "
+    "read the raw text; C of (b)-(e) is chosen on val macro-F1; (e) and (f2) tune a binary "
+    "threshold on train+val. See `benchmarks/bench_quality.py` for the exact recipe."
 )
 # Row id, display name, where the numbers come from ("engine" key or sklearn_baselines name).
 ROWS = (
