@@ -436,16 +436,17 @@ class TuneSpec:
 
 @dataclass(frozen=True)
 class EnsembleSpec:
-    """Members from the ``top_k`` best trials of the search (``candidates: per_kind``: the best
-    trial of each model kind searched first, then the next best; ``best``: by rank alone —
-    the top trials of a mixed search are often one kind). ``selection``: ``greedy`` keeps
+    """Members from the ``top_k`` best trials of the search (``candidates: best``: by rank;
+    ``per_kind``: the best trial of each model kind searched first, then the next best — on the
+    8 sets of benchmarks/RESULTS.md it was never better and twice worse). ``selection``:
+    ``greedy`` keeps
     the best and adds the candidate that improves the val ``tune.metric`` of the mean most,
     while one does (val NLL for PR-AUC and loss); ``top_k`` keeps all of them. They are
     averaged (``weights``: ``equal``, or ``fitted`` on val NLL) and temperature-scaled on val
     when ``temperature`` (``engine.ensemble``)."""
 
     top_k: int = 3
-    candidates: Literal["per_kind", "best"] = "per_kind"
+    candidates: Literal["best", "per_kind"] = "best"
     selection: Literal["greedy", "top_k"] = "greedy"
     weights: Literal["equal", "fitted"] = "equal"
     temperature: bool = True
