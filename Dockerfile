@@ -25,9 +25,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRANSFORMERS_OFFLINE=1
 
 # Ray's cluster launcher copies its bootstrap files into the container with rsync, and the head's
-# autoscaler reaches new workers over ssh + rsync. Nothing else from apt; no sudo.
+# autoscaler reaches new workers over ssh + rsync; LightGBM's wheel (the gbdt model kind) links
+# the system's OpenMP runtime, libgomp1. Nothing else from apt; no sudo.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openssh-client rsync \
+    && apt-get install -y --no-install-recommends openssh-client rsync libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
 # torch first, from the CPU (or CUDA) index: the package's own `torch==2.13.0` is then already
