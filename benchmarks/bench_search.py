@@ -29,7 +29,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common import machine, update_section
+from common import machine, ray_version, section_rows, update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Search overhead (bench_search.py)"
@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         words = KINDS[args.kind][3].format(t=args.trials, e=args.epochs)
         heading = f"### {words}, 1 worker"
         old = args.results.read_text() if args.results.exists() else ""
-        rows = _rows(old, heading)
+        rows = section_rows(old, SECTION, heading)
         body = "\n".join(
             [
-                f"- Machine: {machine({'ray': _ray_version()})}",
+                f"- Machine: {machine({'ray': ray_version()})}",
                 f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
                 "- Command: `python benchmarks/bench_search.py [--code DIR --label L] --results "
                 "benchmarks/RESULTS.md`",
@@ -153,21 +153,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         update_section(args.results, SECTION, INTRO, heading, body)
     return 0
-
-
-def _ray_version() -> str:
-    import ray
-
-    return ray.__version__
-
-
-def _rows(text: str, heading: str) -> list[str]:
-    """The rows already in this subsection's table (kept beside the new one)."""
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0] if SECTION in text else ""
-    if heading not in section:  # (the same heading may name another section's subsection)
-        return []
-    part = section.split(heading, 1)[1].split("\n### ", 1)[0]
-    return [ln for ln in part.splitlines() if ln.startswith("| ") and "search s" not in ln]
 
 
 if __name__ == "__main__":

@@ -89,3 +89,20 @@ def update_section(
     if after:
         parts.append("\n".join(after).strip())
     write_bytes_atomic(path, ("\n\n".join(p for p in parts if p) + "\n").encode())
+
+
+def ray_version() -> str:
+    import ray
+
+    return ray.__version__
+
+
+def section_rows(text: str, section: str, heading: str) -> list[str]:
+    """The table rows already under ``heading`` in ``section`` of a results file (not its
+    ``| code |`` header), to keep beside a new row; the same heading may name another
+    section's subsection."""
+    part = text.split(section, 1)[1].split("\n## ", 1)[0] if section in text else ""
+    if heading not in part:
+        return []
+    sub = part.split(heading, 1)[1].split("\n### ", 1)[0]
+    return [ln for ln in sub.splitlines() if ln.startswith("| ") and not ln.startswith("| code |")]

@@ -91,8 +91,8 @@ def fit_path(
 
 def _weights(clf, used, num_classes: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     coef = clf.coef_
-    if used is not None:
-        coef = np.zeros((len(coef), int(used.max(initial=-1)) + 1))
+    if used is not None:  # back to every column: the unused ones keep weight 0
+        coef = np.zeros((len(clf.coef_), width))
         coef[:, used] = clf.coef_
     w = np.zeros((num_classes, width))
     b = np.full(num_classes, ABSENT_BIAS)
@@ -100,10 +100,10 @@ def _weights(clf, used, num_classes: int, width: int) -> tuple[np.ndarray, np.nd
     if len(present) == 1:  # one class only: predict it everywhere
         b[present[0]] = 0.0
     elif len(present) == 2:
-        w[present[1], : coef.shape[1]] = coef[0]
+        w[present[1]] = coef[0]
         b[present[0]], b[present[1]] = 0.0, clf.intercept_[0]
     else:
-        w[present, : coef.shape[1]] = coef
+        w[present] = coef
         b[present] = clf.intercept_
     return w, b
 

@@ -94,6 +94,7 @@ import numpy as np
 
 from engine import rundir
 from engine.config import (  # noqa: F401 - the grammar, re-exported
+    EXACT_KINDS,
     FORMS,
     LOSS_NAMES,
     NOT_SEARCHABLE,
@@ -208,11 +209,11 @@ def resolve_search_space(spec: JobSpec, counts: np.ndarray | None = None) -> dic
 
 
 def _weights_active(v: Mapping[str, Any]) -> bool:
-    return v["loss.name"] in ("weighted_ce", "focal") or v["model.kind"] in ("linear", "gbdt")
+    return v["loss.name"] in ("weighted_ce", "focal") or v["model.kind"] in EXACT_KINDS
 
 
 def _not_linear(rule: Callable[[Mapping[str, Any]], bool]) -> Callable[[Mapping[str, Any]], bool]:
-    return lambda v: v["model.kind"] not in ("linear", "gbdt") and rule(v)
+    return lambda v: v["model.kind"] not in EXACT_KINDS and rule(v)
 
 
 # knob -> when it changes the trial, given the trial's values (spec values + sampled knobs)
@@ -524,7 +525,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
-    if trial.model.kind in ("linear", "gbdt"):
+    if trial.model.kind in EXACT_KINDS:
         fit_in_process(one_process(trial), out_dir=out, train_data=train_data)
     elif trial.train.num_workers == 1:
         fit_in_process(trial, out_dir=out, train_data=train_data)

@@ -35,3 +35,15 @@ def test_row_counts_and_the_machine_line():
         parse_rows("0.5")
     line = machine({"numpy": "1.0"}, ", no GPU")
     assert "CPUs (nproc)" in line and line.endswith("numpy 1.0") and ", no GPU;" in line
+
+
+def test_section_rows_keeps_only_its_own_subsections_rows():
+    from common import section_rows
+
+    text = (
+        "## A\n\n### x\n\n| loss | f1 |\n|---|--:|\n| ce | 0.1 |\n\n"
+        "## B\n\n### x\n\n| code | s |\n|---|--:|\n| before | 9 |\n| after | 3 |\n\nnote\n\n"
+        "### y\n\n| code | s |\n|---|--:|\n| other | 1 |\n"
+    )
+    assert section_rows(text, "## B", "### x") == ["| before | 9 |", "| after | 3 |"]
+    assert section_rows(text, "## B", "### z") == [] and section_rows(text, "## C", "### x") == []
