@@ -27,6 +27,7 @@ from engine.data import LABEL_MAP_JSON, LabelMap
 from engine.scoring import ModelRef
 
 FORMAT = "raybalance-ensemble/1"
+MODEL_FORMAT = "raybalance-model/1"  # one trained model folder (train/best, a trial's best)
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt")  # weights, configs, tokenizer vocab
@@ -153,6 +154,61 @@ def write_artifact(
     return out_dir
 
 
+def write_model_manifest(
+    folder: str,
+    data: DataSpec,
+    embed: EmbedSpec | None,
+    *,
+    run_name: str = "",
+    trained_as: str = "",
+    max_length: int = 128,
+) -> None:
+    """``folder/manifest.json`` for one trained model (``train/best``, a trial's ``best``): the
+    columns it reads, the encoder of its embeddings, and every file's sha256 — so that
+    ``raybalance predict`` can use it with the checks an ensemble gets."""
+    manifest = {
+        "format": MODEL_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": run_name,
+        "data": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(data).items()},
+        "embed": asdict(embed) if embed is not None else None,
+        "trained_as": trained_as,
+        "max_length": max_length,
+        "files": {p: sha256_file(os.path.join(folder, p)) for p in _files(folder) if p != MANIFEST},
+    }
+    tmp = os.path.join(folder, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, allow_nan=False)
+    os.replace(tmp, os.path.join(folder, MANIFEST))
+
+
+def artifact_from_model(path: str, out_dir: str) -> str:
+    """A one-member ensemble artifact in ``out_dir`` (argmax, temperature 1) from a model folder
+    with a ``write_model_manifest`` manifest, verified first; returns ``out_dir``."""
+    from engine.scoring import model_ref
+    from engine.thresholds import Thresholds
+
+    path = os.path.abspath(path)
+    manifest = verify_artifact(path, MODEL_FORMAT)
+    data = build_section(DataSpec, manifest["data"])
+    embed = build_section(EmbedSpec, manifest["embed"]) if manifest.get("embed") else None
+    with open(os.path.join(path, LABEL_MAP_JSON)) as f:
+        label_map = LabelMap.from_json(json.load(f))
+    ref = model_ref(
+        data,
+        "m1",
+        path,
+        source=path,
+        trained_as=str(manifest.get("trained_as", "")),
+        max_length=int(manifest.get("max_length", 128)),
+    )
+    one = Combination([1.0], 1.0, None, None)  # nothing fitted: no val NLL
+    argmax = Thresholds("argmax", None, None, "macro_f1", None, None)
+    return write_artifact(
+        data, [ref], one, argmax, out_dir, label_map, embed=embed, run_name=manifest.get("run", "")
+    )
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified ensemble artifact (see the module docstring)."""
@@ -186,7 +242,17 @@ class Artifact:
         }
 
 
-def verify_artifact(path: str) -> dict[str, Any]:
+def manifest_format(path: str) -> str | None:
+    """The ``format`` of ``path/manifest.json`` (None when there is none or it does not read)."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest.get("format") if isinstance(manifest, dict) else None
+
+
+def verify_artifact(path: str, format: str = FORMAT) -> dict[str, Any]:
     """Check ``path`` against its manifest without loading anything else; returns it.
 
     Raises:
@@ -194,19 +260,21 @@ def verify_artifact(path: str) -> dict[str, Any]:
             file the manifest does not list, a listed file missing, or a hash mismatch.
     """
     mpath = os.path.join(path, MANIFEST)
+    if not os.path.exists(path):
+        raise ValueError(f"{path} does not exist: give the folder `raybalance run` or train wrote")
     if not os.path.isfile(mpath):
         raise ValueError(
-            f"{path} is not an ensemble artifact: it has no {MANIFEST} (build one with "
-            "`raybalance run`)"
+            f"{path} is not an ensemble artifact or a trained model: it has no {MANIFEST} "
+            "(build one with `raybalance run`, or give RUN_DIR/train/best)"
         )
     try:
         with open(mpath) as f:
             manifest = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{mpath} is not valid JSON ({e}); rebuild the artifact") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != format:
         got = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ValueError(f"{mpath}: format {got!r} is not {FORMAT!r}; rebuild the artifact")
+        raise ValueError(f"{mpath}: format {got!r} is not {format!r}; rebuild the artifact")
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise ValueError(f"{mpath} lists no file hashes; rebuild the artifact")

@@ -64,8 +64,8 @@ class SpecError(ValueError):
 
     def __init__(self, key: str, reason: str, source: str | None = None):
         self.key, self.reason, self.source = key, reason, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key}: {reason}")
+        parts = [x for x in (source, key) if x]
+        super().__init__(": ".join([*parts, reason]))
 
     def within(self, prefix: str, source: str | None = None) -> SpecError:
         key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
@@ -639,7 +639,9 @@ def load_spec(
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise SpecError("", f"config file not found: {p}", str(p))
+            raise SpecError(
+                "", f"config file not found ({p.resolve()}); give a job YAML, or none", str(p)
+            )
         try:
             loaded = yaml.load(p.read_text(), Loader=SpecLoader)
         except yaml.YAMLError as e:

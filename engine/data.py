@@ -122,11 +122,14 @@ def read_schema(source: Source) -> pa.Schema:
         if source.format == "parquet":
             return pq.read_schema(first, filesystem=source.filesystem)
         with source.filesystem.open_input_stream(first) as f:
-            if source.format == "csv":
-                return pacsv.open_csv(f).schema
-            return pajson.open_json(f).schema
+            return read_stream(f, source.format).schema
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"cannot read {first} as {source.format}: {e}") from None
+
+
+def read_stream(f, format: str):
+    """The record batches of an open CSV or JSONL stream, as their reader yields them."""
+    return pacsv.open_csv(f) if format == "csv" else pajson.open_json(f)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,11 +164,13 @@ def _numeric(t: pa.DataType) -> bool:
 
 
 def label_kind(t: pa.DataType) -> str | None:
+    """The label map's kind for a label column of type ``t``: floats are read as ints (their
+    values must be whole, as scikit-learn's ``type_of_target`` requires)."""
     if pa.types.is_dictionary(t):
         t = t.value_type
     if pa.types.is_boolean(t):
         return "bool"
-    if pa.types.is_integer(t):
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
         return "int"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "string"
@@ -183,14 +188,22 @@ def resolve_columns(schema: pa.Schema, spec: DataSpec, where: str = "") -> Colum
 
     def need(col: str, key: str) -> pa.DataType:
         if col not in names:
-            raise ValueError(f"{key} {col!r} is not a column{at}; the columns are: {names}")
+            hint = ""
+            if "," in col and all(c.strip() in names for c in col.split(",")):
+                hint = f"; for a list of columns write {key}=[{col}] (quoted in a shell)"
+            raise ValueError(f"{key} {col!r} is not a column{at}; the columns are: {names}{hint}")
         return schema.field(col).type
 
     lt = need(spec.label, "data.label")
+    if pa.types.is_null(lt):
+        raise ValueError(
+            f"data.label {spec.label!r} has no values{at} (no rows, or every row blank); "
+            "give a file with labelled rows"
+        )
     if label_kind(lt) is None:
         raise ValueError(
-            f"data.label {spec.label!r} has type {lt}; labels must be int, string or bool "
-            "(cast a float label column to int or string first)"
+            f"data.label {spec.label!r} has type {lt}{at}; labels must be int, string, bool or "
+            "float with whole values (cast the column to one of these)"
         )
     text = None
     if spec.text is not None:
@@ -282,17 +295,47 @@ class LabelMap:
         return idx.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def normalize_labels(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """One type per label kind: int64, string or bool (dictionary columns decoded)."""
+def normalize_labels(
+    column: pa.Array | pa.ChunkedArray, name: str = "label", where: str = ""
+) -> pa.Array | pa.ChunkedArray:
+    """One type per label kind: int64, string or bool (dictionary columns decoded). Floats with
+    whole values become int64 (``1.0`` is class ``1``); blank strings are null labels.
+
+    Raises:
+        ValueError: a float label that is not whole (NaN and inf included), naming it.
+    """
     t = column.type
     if pa.types.is_dictionary(t):
         column = column.cast(t.value_type)
         t = t.value_type
+    if pa.types.is_floating(t):
+        return _whole_labels(column, name, where)
     if pa.types.is_integer(t) and t != pa.int64():
         return column.cast(pa.int64())
     if pa.types.is_large_string(t):
-        return column.cast(pa.string())
+        column = column.cast(pa.string())
+        t = pa.string()
+    if pa.types.is_string(t):
+        blank = pc.equal(pc.utf8_trim_whitespace(column), "")
+        if pc.any(blank).as_py():
+            return pc.if_else(blank, pa.scalar(None, pa.string()), column)
     return column
+
+
+def _whole_labels(column, name: str, where: str):
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+    present = ~np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False), dtype=bool)
+    bad = present & ~(np.isfinite(values) & (np.floor(values) == values))
+    if bad.any():
+        at = f" in {where}" if where else ""
+        example = values[bad][:3].tolist()
+        raise ValueError(
+            f"data.label {name!r}{at} has {int(bad.sum())} value(s) that are not whole numbers "
+            f"(e.g. {example}); labels are classes: a float label column must hold whole "
+            "values (1.0 is class 1). Round, bin or cast the column to int or string first"
+        )
+    out = np.where(present, values, 0).astype(np.int64)
+    return pa.array(out, type=pa.int64(), mask=~present)
 
 
 # --------------------------------------------------------------------------------------------

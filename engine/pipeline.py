@@ -252,11 +252,17 @@ def _is_num(v: Any) -> bool:
 
 def input_notes(run_dir: str) -> tuple[dict[str, Any] | None, list[str]]:
     """What prepare dropped from the input (``stats.json`` ``dropped``: unreadable files under
-    ``data.max_errored_blocks``, rows per class) and the report's note about it."""
+    ``data.max_errored_blocks``, rows per class) and the notes about the input the summary and
+    the report show: that, classes some split lacks, and resampling's warnings (a class SMOTE
+    could only copy)."""
     from engine.screen import dropped_warning
 
-    dropped = read_json(RunDir(run_dir).stats).get("dropped")
-    return dropped, [] if dropped is None else [f"input: {dropped_warning(dropped)}"]
+    run = RunDir(run_dir)
+    dropped = read_json(run.stats).get("dropped")
+    notes = [] if dropped is None else [f"input: {dropped_warning(dropped)}"]
+    notes += [f"split: {w}" for w in (run.split_manifest() or {}).get("warnings", [])]
+    notes += [f"resample: {w}" for w in (run.resampled_record() or {}).get("warnings", [])]
+    return dropped, notes
 
 
 def _scored(split: dict[str, np.ndarray], info: dict[str, Any], thresholds) -> list[Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine.artifact import (
+    FORMAT,
+    MODEL_FORMAT,
+    artifact_from_model,
+    manifest_format,
+    verify_artifact,
+)
 from engine.data import (
     ROW,
     Fragment,
@@ -157,13 +165,40 @@ def predict(
     overwrite: bool = False,
     batch_size: int = 512,
 ) -> PredictResult:
-    """Apply the ensemble ``artifact`` to the dataset at ``data``; write ``out`` atomically.
+    """Apply the ensemble ``artifact`` — or one trained model folder with its manifest
+    (``RUN_DIR/train/best``, a trial's ``best``: used as a one-member ensemble with argmax) —
+    to the dataset at ``data``; write ``out`` atomically.
 
     Raises:
         ValueError: a tampered or unknown artifact, missing input columns, an unknown ``keep``
             column, or an existing ``out`` without ``overwrite``.
     """
-    art = load_artifact(artifact)
+    args = (data, out, format, keep, overwrite, batch_size)
+    if manifest_format(artifact) != MODEL_FORMAT:
+        return _predict(load_artifact(artifact), artifact, *args)
+    with tempfile.TemporaryDirectory(prefix="raybalance-model-") as tmp:
+        art = load_artifact(artifact_from_model(artifact, os.path.join(tmp, "artifact")))
+        return _predict(art, artifact, *args)
+
+
+def check_inputs(artifact: str, data: str, format: str = "auto") -> None:
+    """The checks that need no cluster: the artifact (or model folder) against its manifest,
+    and that ``data`` holds data files."""
+    fmt = manifest_format(artifact)
+    verify_artifact(artifact, MODEL_FORMAT if fmt == MODEL_FORMAT else FORMAT)
+    resolve_source(data, format)
+
+
+def _predict(
+    art,
+    origin: str,
+    data: str,
+    out: str,
+    format: str,
+    keep: Sequence[str] | None,
+    overwrite: bool,
+    batch_size: int,
+) -> PredictResult:
     source = resolve_source(data, format)
     schema = read_schema(source)
     columns = _needed(art, schema, data)
@@ -212,8 +247,8 @@ def predict(
             "rows": rows,
             "predicted": counts,
             "data": data,
-            "artifact": art.path,
-            "manifest_sha256": sha256_file(os.path.join(art.path, MANIFEST)),
+            "artifact": os.path.abspath(origin),
+            "manifest_sha256": sha256_file(os.path.join(origin, MANIFEST)),
         }
         with fs.open_output_stream(f"{tmp}/{SUMMARY}") as f:
             f.write(json.dumps(summary, indent=2).encode())

@@ -28,7 +28,7 @@ from engine.config import (
     model_data,
     needs_embedding,
 )
-from engine.data import read_schema, resolve_columns, resolve_source
+from engine.data import read_schema, read_stream, resolve_columns, resolve_source
 from engine.io import (
     filesystem_and_path,
     json_digest,
@@ -81,12 +81,48 @@ def check_prepare_spec(spec: JobSpec) -> None:
             "prepare needs the model's inputs: set data.text (a text column) or data.features "
             "(numeric columns, or one list column)"
         )
+    if spec.model.kind == "lexical" and spec.data.text is None:
+        raise ValueError(
+            "model.kind=lexical reads a text column: set data.text, or use model.kind=mlp "
+            "(or linear, gbdt) for feature data"
+        )
     if spec.model.kind == "lexical" and spec.resample.method in SMOTE_METHODS:
         raise ValueError(
             f"model.kind=lexical reads the text, but resample.method={spec.resample.method} "
             "makes synthetic rows without text; use a random resampling method "
             "(random_over, random_under, combined) with lexical models"
         )
+
+
+def check_input(spec: JobSpec) -> None:
+    """The input checks that need no cluster and read only file footers and headers (and the
+    first rows of a CSV / JSONL file): the path holds data files, the columns exist with
+    usable types, the model kind can read them, and the input has rows.
+
+    Raises:
+        ValueError / FileNotFoundError: naming the path, file, column or setting at fault.
+    """
+    check_prepare_spec(spec)
+    source = resolve_source(spec.data.path, spec.data.format)
+    resolve_columns(read_schema(source), spec.data, where=source.files[0])
+    if not has_rows(source):
+        raise ValueError(f"{source.path} holds no rows: nothing to learn from")
+
+
+def has_rows(source) -> bool:
+    """Whether some file of ``source`` holds a row (stops at the first that does)."""
+    import pyarrow.parquet as pq
+
+    for path in source.files:
+        if source.format == "parquet":
+            if pq.read_metadata(path, filesystem=source.filesystem).num_rows > 0:
+                return True
+            continue
+        with source.filesystem.open_input_stream(path) as f:
+            reader = read_stream(f, source.format)
+            if any(batch.num_rows for batch in reader):
+                return True
+    return False
 
 
 @dataclass
@@ -130,14 +166,15 @@ def _stats_and_splits(spec: JobSpec, run: RunDir, source, overwrite: bool) -> _P
         and run.exists(rundir.STATS)
         and run.exists(rundir.LABEL_MAP)
     )
+    run.check_claim(spec, overwrite)
     dropped = None
     if not fresh and data.max_errored_blocks > 0:  # refused here, before anything is written
         screened = screen(source, data.label, data.max_errored_blocks)
         if screened.bad:
             dropped = screened.dropped(data.max_errored_blocks)
             source = replace(source, files=screened.good)
-    run.claim(spec, overwrite)
     if fresh:
+        run.claim(spec, overwrite)
         log.info("prepare: stats and splits of %s are up to date; reusing them", source.path)
         label_map = run.label_map()
         stats = ClassStats.from_json(read_json(run.stats), label_map)
@@ -146,7 +183,8 @@ def _stats_and_splits(spec: JobSpec, run: RunDir, source, overwrite: bool) -> _P
         return _Prepared(
             stats, splits, warnings, data.text, json_digest(fingerprint, manifest["run"])
         )
-    result = compute_stats(source, data, spec.stats)
+    result = compute_stats(source, data, spec.stats)  # every check of the data's values
+    run.claim(spec, overwrite)  # the input passed: the folder is this run's from here on
     if dropped is not None:
         result.warnings.insert(0, dropped_warning(dropped))
     for w in result.warnings:

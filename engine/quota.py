@@ -29,7 +29,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data import Columns, Fragment, LabelMap, Source, iter_fragment, run_fragments
+from engine.data import (
+    Columns,
+    Fragment,
+    LabelMap,
+    Source,
+    iter_fragment,
+    normalize_labels,
+    run_fragments,
+)
 from engine.hashing import row_hash, seeded
 from engine.io import join
 
@@ -62,8 +70,9 @@ def class_batches(
 ):
     """Batches (``columns`` only, default all) with null labels dropped, and class indices."""
     for table in iter_fragment(source, frag, columns, schema):
-        if table[cols.label].null_count:
-            table = table.filter(pc.is_valid(table[cols.label]))
+        labels = normalize_labels(table[cols.label], cols.label)  # blank strings are null too
+        if labels.null_count:
+            table = table.filter(pc.is_valid(labels))
         if table.num_rows == 0:
             continue
         yield table, lm.encode(table[cols.label])

@@ -207,7 +207,13 @@ class RunDir:
     def claim(self, spec: JobSpec, overwrite: bool) -> None:
         """Record ``spec`` as this folder's run in ``run.json``; refuse a folder whose record
         names another run or other ``SPLIT_SECTIONS``, unless ``overwrite``."""
+        self.check_claim(spec, overwrite)
         fs, root = filesystem_and_path(self.path)
+        fs.create_dir(root, recursive=True)
+        write_json_atomic(join(root, RUN), {"name": spec.name, "spec": asdict(spec)}, fs)
+
+    def check_claim(self, spec: JobSpec, overwrite: bool) -> None:
+        """Raise when ``claim`` would refuse the folder; writes nothing."""
         mine = asdict(spec)
         if self.exists(RUN) and not overwrite:
             theirs = read_json(self.run_record)
@@ -221,8 +227,6 @@ class RunDir:
                     f"made with a different {', '.join(differs)}; choose another run_dir (or "
                     "name), or pass --overwrite to replace them"
                 )
-        fs.create_dir(root, recursive=True)
-        write_json_atomic(join(root, RUN), {"name": spec.name, "spec": mine}, fs)
 
     def check_prepared_with(self, spec: JobSpec) -> None:
         """Raise when the splits are missing or were prepared with other prepare sections."""
@@ -246,6 +250,7 @@ class RunDir:
         if is_uri(self.path):
             yield
             return
+        created = _missing_dirs(self.path)
         os.makedirs(self.path, exist_ok=True)
         path = os.path.join(self.path, LOCK)
         mine = _take_lock(path, command)
@@ -255,6 +260,19 @@ class RunDir:
             if mine:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
+            for d in created:  # made for this command and left empty (it failed early)
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    out = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        out.append(path)
+        path = os.path.dirname(path)
+    return out
 
 
 def _take_lock(path: str, command: str) -> bool:

@@ -63,6 +63,10 @@ class TrainSession:
 
         return ray.train.get_checkpoint()
 
+    def epoch_done(self, epoch: int, epochs: int, line: str) -> None:
+        """Rank 0's line per epoch, in the worker's log."""
+        print(f"[raybalance] epoch {epoch}/{epochs}  {line}", flush=True)
+
     def report(self, metrics: dict[str, Any], folder: str | None) -> None:
         import ray.train
 
@@ -113,6 +117,16 @@ class LocalSession:
 
         latest = max(self.kept, key=lambda k: int(k[1]["epoch"]))
         return ray.train.Checkpoint.from_directory(latest[0])
+
+    def epoch_done(self, epoch: int, epochs: int, line: str) -> None:
+        """A Tune trial's line goes to its worker's log; in the command's own process it is a
+        progress event (a bar on the terminal, a line of the log file)."""
+        if self.tune:
+            print(f"[raybalance] epoch {epoch}/{epochs}  {line}", flush=True)
+            return
+        from engine.progress import progress_event
+
+        progress_event("train", epoch, epochs, line)
 
     def report(self, metrics: dict[str, Any], folder: str | None) -> None:
         if self.tune:

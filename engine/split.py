@@ -137,6 +137,13 @@ class SplitResult:
     pending_rows: int
 
 
+_MEANS = {  # what a class missing from a split means for the run
+    "train": "no model can learn them",
+    "val": "model selection, the ensemble and the thresholds cannot see them",
+    "test": "they are not evaluated (no test recall or F1 for them)",
+}
+
+
 def split_warnings(lm: LabelMap, counts: np.ndarray, spec: SplitSpec) -> list[str]:
     fractions = {"train": 1 - spec.val - spec.test, "val": spec.val, "test": spec.test}
     out = []
@@ -147,7 +154,7 @@ def split_warnings(lm: LabelMap, counts: np.ndarray, spec: SplitSpec) -> list[st
         if lacking:
             out.append(
                 f"split {name!r} has no rows of {len(lacking)} class(es) too small to reach it: "
-                f"{lacking[:10]}{' ...' if len(lacking) > 10 else ''}"
+                f"{lacking[:10]}{' ...' if len(lacking) > 10 else ''}; {_MEANS[name]}"
             )
     return out
 

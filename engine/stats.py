@@ -93,7 +93,7 @@ def summarize(table: pa.Table, cols: Columns, where: str = "") -> Summary:
             "int, string or bool"
         )
     s.label_kinds.add(kind)
-    labels = normalize_labels(labels)
+    labels = normalize_labels(labels, cols.label, where)
     s.null_labels = labels.null_count
     vc = pc.value_counts(labels.drop_null() if labels.null_count else labels)
     s.counts.update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist())))
@@ -166,8 +166,9 @@ def check_summary(s: Summary, cols: Columns, spec: DataSpec, source: str) -> lis
     if s.null_labels:
         if not spec.drop_null_labels:
             raise ValueError(
-                f"{source}: {s.null_labels} of {s.rows} rows have a null label in column "
-                f"{cols.label!r}; fill them, or set data.drop_null_labels=true to drop them"
+                f"{source}: {s.null_labels} of {s.rows} rows have a null (blank) label in "
+                f"column {cols.label!r}; fill them, or set data.drop_null_labels=true to drop "
+                "them"
             )
         warnings.append(f"dropped {s.null_labels} of {s.rows} rows with a null {cols.label!r}")
     if not s.counts:
@@ -300,10 +301,27 @@ def compute_stats(source: Source, data: DataSpec, spec: StatsSpec | None = None)
     cols = resolve_columns(schema, data, where=source.files[0])
     summary = scan(source, cols, schema if source.format != "parquet" else None)
     warnings = check_summary(summary, cols, data, source.path)
+    warnings += near_duplicate_labels(summary.counts)
     kind = next(iter(summary.label_kinds))
     label_map = LabelMap.from_values(cols.label, kind, list(summary.counts))
     stats = class_stats(label_map, summary.counts, spec or StatsSpec())
     return StatsResult(stats, summary, cols, schema, warnings)
+
+
+def near_duplicate_labels(counts: Counter) -> list[str]:
+    """A warning per group of string labels that differ only in case or surrounding spaces
+    (``' text block'``, ``'Text Block'``): counted as separate classes, which is seldom meant."""
+    groups: dict[str, list[str]] = {}
+    for v in counts:
+        if isinstance(v, str):
+            groups.setdefault(v.strip().casefold(), []).append(v)
+    return [
+        f"labels {', '.join(repr(v) for v in sorted(vs))} differ only in case or surrounding "
+        f"spaces and are {len(vs)} classes ({', '.join(str(counts[v]) for v in sorted(vs))} "
+        "rows); if they are one class, normalize the label column before training"
+        for vs in groups.values()
+        if len(vs) > 1
+    ]
 
 
 # --------------------------------------------------------------------------------------------

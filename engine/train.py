@@ -541,11 +541,12 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
         if loop.rank == 0:
             _validate(loop, val_arrays, row)
             tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
-            print(
-                f"[raybalance] epoch {epoch + 1}/{train.epochs}  loss {row['train_loss']:.4f}  "
-                f"{row['samples_per_s']:.0f} samples/s  val macro-F1 {row['val_macro_f1']:.4f}  "
+            session.epoch_done(
+                epoch + 1,
+                train.epochs,
+                f"loss {row['train_loss']:.4f}  {row['samples_per_s']:.0f} samples/s  "
+                f"val macro-F1 {row['val_macro_f1']:.4f}  "
                 f"balanced acc {row['val_balanced_accuracy']:.4f}",
-                flush=True,
             )
         session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
         if tmp is not None:
@@ -626,10 +627,11 @@ def _report_exact(loop: _Loop, session, row: dict[str, Any], what: str) -> list[
     """Checkpoint and report the one row of an exact fit; returns the history."""
     history = [row]
     tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
-    print(
-        f"[raybalance] {what}  val macro-F1 {row['val_macro_f1']:.4f}  "
+    session.epoch_done(
+        1,
+        1,
+        f"{what}  val macro-F1 {row['val_macro_f1']:.4f}  "
         f"balanced acc {row['val_balanced_accuracy']:.4f}",
-        flush=True,
     )
     session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -835,10 +837,10 @@ def fit_in_process(
                 raise
             if attempt == spec.train.max_failures:
                 raise TrainingFailed(_failure_line(e, spec, out)) from e
-            print(
-                f"[raybalance] training attempt {attempt + 1} failed ({error_line(e)}); "
-                "resuming from its latest checkpoint",
-                flush=True,
+            log.warning(
+                "training attempt %d failed (%s); resuming from its latest checkpoint",
+                attempt + 1,
+                error_line(e),
             )
     folder, best = session.best()
     best_dir = _export(folder, history, spec, out)
@@ -984,6 +986,20 @@ def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[
     return best_dir, history, best_metrics
 
 
+def model_manifest(folder: str, spec: JobSpec, trained_as: str | None = None) -> None:
+    """The manifest that lets ``raybalance predict`` use the model in ``folder`` by itself."""
+    from engine.artifact import write_model_manifest
+
+    write_model_manifest(
+        folder,
+        spec.data,
+        spec.embed if spec.data.features is None else None,
+        run_name=spec.name,
+        trained_as=trained_as or spec.model.kind,
+        max_length=spec.model.max_length,
+    )
+
+
 def _export(checkpoint_dir: str, history: list[dict], spec: JobSpec, out: str) -> str:
     """Copy a checkpoint's model (with its tokenizer) to ``out/best`` and the history to
     ``out/metrics.json`` (last: a finished run); returns the best dir."""
@@ -993,6 +1009,7 @@ def _export(checkpoint_dir: str, history: list[dict], spec: JobSpec, out: str) -
     shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp_best)
     if spec.model.kind == "transformer":
         load_tokenizer(spec.model).save_pretrained(tmp_best)
+    model_manifest(tmp_best, spec)
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp_best, best_dir)
     write_json_atomic(join(out, rundir.METRICS), history)

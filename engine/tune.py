@@ -114,6 +114,7 @@ from engine.config import (  # noqa: F401 - the grammar, re-exported
     search_space_error,
 )
 from engine.config import SEARCH_SECTIONS as SECTIONS
+from engine.logs import verbose
 from engine.rundir import RunDir
 from engine.session import error_line
 
@@ -557,7 +558,12 @@ def _search_record(spec: JobSpec, space: Mapping[str, Dist]) -> dict[str, Any]:
     return json.loads(json.dumps(rec, default=repr))
 
 
-def _export_best(trial_dir: str, rows: list[dict[str, Any]], metric: str) -> str | None:
+def _export_best(
+    trial_dir: str,
+    rows: list[dict[str, Any]],
+    metric: str,
+    manifest: Callable[[str], None] = lambda folder: None,
+) -> str | None:
     """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model
     (a Train checkpoint in ``rows``, or one an in-process trial kept in its folder)."""
     from engine.session import kept_checkpoints
@@ -577,6 +583,7 @@ def _export_best(trial_dir: str, rows: list[dict[str, Any]], metric: str) -> str
             tmp = best + ".tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(src, tmp)
+            manifest(tmp)
             os.replace(tmp, best)
             return best
     return None
@@ -589,6 +596,8 @@ def _finite(v: Any) -> bool:
 def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: str):
     """One row per trial of a Tune ``ResultGrid``, best first (errors last)."""
     import pandas as pd
+
+    from engine.train import model_manifest
 
     metric = spec.tune.metric
     rows = []
@@ -606,7 +615,14 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
         elif df is not None and len(df) and "epoch" in df.columns:
             df = df[df["epoch"].notna()].drop_duplicates("epoch", keep="last")
             history = df.sort_values("epoch").to_dict("records")
-        best_dir = _export_best(trial_dir, history, metric) if history else None
+        trial = replace(
+            spec, model=replace(spec.model, kind=str(values.get("model.kind", spec.model.kind)))
+        )
+        best_dir = (
+            _export_best(trial_dir, history, metric, lambda f, t=trial: model_manifest(f, t))
+            if history
+            else None
+        )
         scored = [r for r in history if _finite(r.get(metric))]
         best_row = (
             (min if _mode(metric) == "min" else max)(scored, key=lambda r: r[metric])
@@ -702,6 +718,39 @@ def check_trainer_cleanup() -> None:
         )
 
 
+def trial_progress(total: int, metric: str):
+    """A Tune callback on the driver: a progress event per finished trial (finished of
+    ``total``, the best ``metric`` so far)."""
+    from ray.tune import Callback
+
+    from engine.progress import progress_event
+
+    sign = -1.0 if _mode(metric) == "min" else 1.0
+
+    class TrialProgress(Callback):
+        def __init__(self) -> None:
+            self.best: float | None = None
+            self.ended = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            v = result.get(metric)
+            if _finite(v) and (self.best is None or sign * v > sign * self.best):
+                self.best = float(v)
+
+        def _ended(self) -> None:
+            self.ended += 1
+            best = "-" if self.best is None else f"{self.best:.4f}"
+            progress_event("tune", self.ended, max(total, self.ended), f"best {metric} {best}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+            self._ended()
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            self._ended()
+
+    return TrialProgress()
+
+
 def new_tuner(
     trainable: Any,
     t: TuneSpec,
@@ -759,6 +808,8 @@ def new_tuner(
             # copied to storage_path every sync_period (default 300 s): a resume after a crash
             # only knows what was copied
             sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
+            verbose=1 if verbose() else 0,  # Tune's tables only with --verbose
+            callbacks=[trial_progress(t.num_samples * grid_size(space), t.metric)],
         ),
     )
 

@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from engine import __version__
-from jobs.common import run_main
+from jobs.common import VIA_CLI, run_main
 
 COMMANDS = {
     "stats": ("jobs.stats", "class statistics of a dataset"),
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"raybalance: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    VIA_CLI["on"] = True
     module = importlib.import_module(COMMANDS[name][0])
     return run_main(module.main, rest)
 

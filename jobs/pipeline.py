@@ -18,12 +18,22 @@ from rich.table import Table
 
 from engine.pipeline import run_pipeline
 from engine.report import summary_rows
-from jobs.common import add_spec_args, check_before_ray, console, err, run_main, spec_from_args
+from jobs.common import (
+    add_spec_args,
+    check_before_ray,
+    console,
+    err,
+    prog,
+    run_main,
+    spec_from_args,
+)
 from jobs.tune import init_ray_for_tune
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance run", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("run", "jobs.pipeline"), description=__doc__.split("\n")[0]
+    )
     add_spec_args(p)
     p.add_argument(
         "--overwrite",

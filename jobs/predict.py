@@ -12,13 +12,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.predict import predict
-from jobs.common import add_address, console, init_ray, run_main
+from engine.predict import check_inputs, predict
+from jobs.common import add_address, console, init_ray, prog, run_main
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance predict", description=__doc__.split("\n")[0])
-    p.add_argument("artifact", help="ensemble artifact folder (RUN_DIR/ensemble)")
+    p = argparse.ArgumentParser(
+        prog=prog("predict", "jobs.predict"), description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "artifact",
+        help="ensemble artifact folder (RUN_DIR/ensemble), or one trained model "
+        "(RUN_DIR/train/best, RUN_DIR/tune/trials/ID/best)",
+    )
     p.add_argument("data", help="Parquet / CSV / JSONL file or folder to predict")
     p.add_argument("--out", required=True, help="output folder (Parquet)")
     p.add_argument(
@@ -36,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    check_inputs(args.artifact, args.data, args.format)
     init_ray(args.address)
     r = predict(
         args.artifact,

@@ -12,11 +12,21 @@ import sys
 from rich.table import Table
 
 from engine.prepare import prepare
-from jobs.common import add_spec_args, check_before_ray, console, init_ray, run_main, spec_from_args
+from jobs.common import (
+    add_spec_args,
+    check_before_ray,
+    console,
+    init_ray,
+    prog,
+    run_main,
+    spec_from_args,
+)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance prepare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("prepare", "jobs.prepare"), description=__doc__.split("\n")[0]
+    )
     add_spec_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace another run's artifacts")
     return p

@@ -15,11 +15,13 @@ from engine.config import DataSpec, StatsSpec
 from engine.data import resolve_source
 from engine.io import join, write_json_atomic
 from engine.stats import compute_stats, plot_class_distribution
-from jobs.common import add_address, console, init_ray, run_main
+from jobs.common import add_address, console, init_ray, prog, run_main
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance stats", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("stats", "jobs.stats"), description=__doc__.split("\n")[0]
+    )
     p.add_argument("data", help="file, folder, glob or URI of Parquet / CSV / JSONL")
     p.add_argument("--label", required=True, help="the label column")
     p.add_argument("--text", default=None, help="a text column to check for nulls")

@@ -16,11 +16,21 @@ from engine.io import join
 from engine.prepare import prepare
 from engine.rundir import RunDir
 from engine.train import train_model
-from jobs.common import add_spec_args, check_before_ray, console, init_ray, run_main, spec_from_args
+from jobs.common import (
+    add_spec_args,
+    check_before_ray,
+    console,
+    init_ray,
+    prog,
+    run_main,
+    spec_from_args,
+)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog=prog("train", "jobs.train"), description=__doc__.split("\n")[0]
+    )
     add_spec_args(p)
     p.add_argument("--overwrite", action="store_true", help="train again over a finished run")
     return p

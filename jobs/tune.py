@@ -9,27 +9,29 @@ Rerunning the same command after an interruption resumes the search.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from rich.table import Table
 
+from engine.logs import ray_init_options
 from engine.prepare import prepare
 from engine.rundir import RunDir
 from engine.tune import METRICS, search
 from jobs.common import (
+    ROUTE,
     add_spec_args,
     check_before_ray,
     console,
-    err,
     init_ray,
+    prog,
+    ray_started,
     run_main,
     spec_from_args,
 )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raybalance tune", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=prog("tune", "jobs.tune"), description=__doc__.split("\n")[0])
     add_spec_args(p)
     p.add_argument("--overwrite", action="store_true", help="search again over a finished search")
     return p
@@ -60,18 +62,16 @@ def init_ray_for_tune(address: str | None) -> None:
     if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):
         init_ray(address)
         return
-    logging.getLogger("ray").setLevel(logging.WARNING)
     port = _free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read when the embedded Ray starts
     gcs = f"{ray.util.get_node_ip_address()}:{port}"
     ray.init(
-        logging_level=logging.WARNING,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         runtime_env={"env_vars": {"RAY_ADDRESS": gcs}},
+        **ray_init_options(ROUTE["route"]),
     )
-    cpus = ray.cluster_resources().get("CPU", 0)
-    err.print(f"raybalance: started an embedded local Ray (1 node(s), {cpus:g} CPUs)")
+    ray_started("started an embedded local Ray")
 
 
 def _fmt(v) -> str:

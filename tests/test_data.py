@@ -147,8 +147,9 @@ def test_column_types_are_checked(tmp_path):
         vec=pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32(), 2)),
     )
     schema = read_schema(resolve_source(path))
-    with pytest.raises(ValueError, match="labels must be int, string or bool"):
-        resolve_columns(schema, DataSpec(label="fl"))
+    with pytest.raises(ValueError, match="labels must be int, string, bool or float with whole"):
+        resolve_columns(schema, DataSpec(label="vec"))
+    assert resolve_columns(schema, DataSpec(label="fl")).label == "fl"  # checked on read
     with pytest.raises(ValueError, match="it must be a string column"):
         resolve_columns(schema, DataSpec(label="y", text="n"))
     with pytest.raises(
@@ -211,7 +212,9 @@ def test_one_class(ray_local, tmp_path):
 
 def test_null_labels_fail_unless_dropped_and_are_counted(ray_local, tmp_path):
     path = _parquet(tmp_path / "a.parquet", label=[0, None, 1, None, 1])
-    with pytest.raises(ValueError, match=r"2 of 5 rows have a null label .*drop_null_labels=true"):
+    with pytest.raises(
+        ValueError, match=r"2 of 5 rows have a null \(blank\) label .*drop_null_labels=true"
+    ):
         _stats(path, label="label")
     res = _stats(path, label="label", drop_null_labels=True)
     assert res.summary.null_labels == 2 and res.stats.counts == (1, 2)

@@ -1,0 +1,158 @@
+"""Where the logs go: the terminal keeps the results, a log file keeps everything else.
+
+    route = route_logs(verbose=False)      # before Ray starts
+    ray.init(**ray_init_options(verbose=False))
+    ...
+    keep_logs(route, run_dir, "run")       # the command succeeded: RUN_DIR/logs/
+
+Quiet (the default): Ray's, Ray Data's, Tune's, Train's and the libraries' log records and
+Python warnings go to a log file only; the Ray workers' output stays in their session's log
+files (``log_to_driver=False``) and is copied next to that file when the Ray is this process's
+own; the ``raybalance`` logger shows its warnings on the terminal. Verbose: every record also on
+the terminal, the workers' output too.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+# the loggers that print to the terminal by their own handlers (propagate=False)
+LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "transformers", "lightgbm")
+VERBOSE_ENV = "RAYBALANCE_VERBOSE"  # read by stages that pick their own verbosity (Tune)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MAX_COPIED_BYTES = 20 << 20  # a Ray session log file larger than this is not copied
+
+
+@dataclass
+class LogRoute:
+    """Where this command's records go: ``path`` (a temporary file until ``keep_logs``)."""
+
+    path: str
+    verbose: bool
+    handler: logging.Handler
+    started: float
+
+
+def verbose() -> bool:
+    """Whether the command runs with ``--verbose``."""
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def route_logs(verbose: bool = False) -> LogRoute:
+    """Send every log record and warning to a new temporary log file; on the terminal keep the
+    ``raybalance`` logger's warnings (every record with ``verbose``)."""
+    fd, path = tempfile.mkstemp(prefix="raybalance-", suffix=".log")
+    os.close(fd)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    logging.captureWarnings(True)  # py.warnings -> root -> the file
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
+    if not verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's old reporter obeys verbose=0
+    quiet_libraries(handler, verbose)
+    return LogRoute(path, verbose, handler, time.time())
+
+
+def quiet_libraries(handler: logging.Handler, verbose: bool) -> None:
+    """The libraries' own terminal handlers: only errors unless ``verbose``; their records also
+    to ``handler``. Call again after a library reconfigures its loggers (``ray.init``)."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        for h in logger.handlers:
+            if _to_terminal(h):
+                h.setLevel(logging.INFO if verbose else logging.ERROR)
+        if not logger.propagate and handler not in logger.handlers:
+            logger.addHandler(handler)
+
+
+def unroute(route: LogRoute) -> None:
+    """Detach and close the log file's handler (the command is over)."""
+    for name in ("", *LIBRARY_LOGGERS):
+        logging.getLogger(name).removeHandler(route.handler)
+    route.handler.close()
+
+
+def _to_terminal(h: logging.Handler) -> bool:
+    stream = getattr(h, "stream", None)
+    return not isinstance(h, logging.FileHandler) and stream in (sys.stdout, sys.stderr)
+
+
+def ray_init_options(route: LogRoute | None) -> dict:
+    """Route the ``ray`` logger (set up when Ray is imported) before ``ray.init``, and return
+    its keywords: the workers' output reaches this terminal only when verbose."""
+    import ray  # noqa: F401 - its import adds the ray logger's terminal handler
+
+    loud = route is None or route.verbose
+    if route is not None:
+        quiet_libraries(route.handler, loud)
+    return {"log_to_driver": loud, "logging_level": logging.INFO}
+
+
+def after_ray_init(route: LogRoute) -> None:
+    """``ray.init`` sets the ``ray`` logger again and Ray Data adds its own: re-route them, and
+    turn Ray Data's progress bars off unless verbose."""
+    import ray.data
+
+    quiet_libraries(route.handler, route.verbose)
+    if not route.verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def session_logs_dir() -> str | None:
+    """The log folder of the Ray this process started (None when connected to a cluster, whose
+    logs are on its nodes)."""
+    try:
+        import ray
+
+        node = ray._private.worker._global_node  # no public accessor in Ray 2.60
+        if node is None or not ray.is_initialized() or not node.head:
+            return None
+        return node.get_logs_dir_path()
+    except (AttributeError, ImportError):
+        return None
+
+
+def keep_logs(route: LogRoute, run_dir: str | None, command: str) -> str | None:
+    """Move this command's log file into ``run_dir/logs/`` (when that folder is local and
+    exists) with the embedded Ray's session logs beside it, else delete it; returns where the
+    log is kept."""
+    unroute(route)
+    if run_dir is None or "://" in run_dir or not os.path.isdir(run_dir):
+        os.remove(route.path)  # no run folder to keep it in (predict, stats without --out)
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(route.started))
+    folder = os.path.join(run_dir, "logs")
+    os.makedirs(folder, exist_ok=True)
+    dest = os.path.join(folder, f"{command}-{stamp}.log")
+    shutil.move(route.path, dest)
+    ray_logs = session_logs_dir()
+    if ray_logs:
+        _copy_session_logs(ray_logs, os.path.join(folder, f"ray-{stamp}"))
+    return dest
+
+
+def _copy_session_logs(src: str, dest: str) -> None:
+    """The session's top-level ``*.out``, ``*.err`` and ``*.log`` files, each below
+    ``MAX_COPIED_BYTES`` (the workers' output among them)."""
+    tmp = dest + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for path in sorted(glob.glob(os.path.join(src, "*"))):
+        if path.endswith((".out", ".err", ".log")) and os.path.isfile(path):
+            if os.path.getsize(path) <= MAX_COPIED_BYTES:
+                shutil.copyfile(path, os.path.join(tmp, os.path.basename(path)))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
