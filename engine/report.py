@@ -261,13 +261,19 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from engine.stats import CJK_FONTS
+
+    plt.rcParams["font.family"] = ["sans-serif"]
+    fonts = plt.rcParams["font.sans-serif"]
+    plt.rcParams["font.sans-serif"] = [*CJK_FONTS, *(f for f in fonts if f not in CJK_FONTS)]
     return plt
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # no Software tag: the page must not carry URLs, even inside image metadata
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    # bbox tight: long tick labels and legends outside the axes are never cut
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight")
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -291,14 +297,23 @@ def _wide(k: int) -> float:
     return float(np.clip(0.22 * k + 2.5, 6.5, 12.4))
 
 
+def _rotation(labels: list[str], width_in: float, fontsize: float) -> tuple[float, str]:
+    """(rotation, horizontal alignment) that keeps class names from running into each other:
+    flat when every name fits its slot, slanted when a few do not, upright when many."""
+    slot_chars = width_in * 72 / max(len(labels), 1) / (0.6 * fontsize)
+    longest = max((len(c) for c in labels), default=0)
+    if longest <= slot_chars:
+        return 0, "center"
+    return (35, "right") if len(labels) <= 12 else (90, "center")
+
+
 def _tick_classes(ax, order: list[str]) -> None:
     k = len(order)
+    fontsize = 7 if k > 30 else 8 if k > 12 else 9
+    labels = [_plain(c, 28) for c in order]
+    rotation, ha = _rotation(labels, ax.figure.get_figwidth() * 0.8, fontsize)
     ax.set_xticks(np.arange(k))
-    ax.set_xticklabels(
-        [_plain(c, 18) for c in order],
-        rotation=90 if k > 10 else 0,
-        fontsize=7 if k > 30 else 8 if k > 12 else 9,
-    )
+    ax.set_xticklabels(labels, rotation=rotation, ha=ha, fontsize=fontsize)
     ax.set_xlim(-0.6, k - 0.4)
 
 
@@ -316,7 +331,11 @@ def _plot_distribution(inp: ReportInput, order: list[str]) -> bytes | None:
         ys = np.array([max(int(counts.get(c, 0)), 0) for c in order], dtype=float)
         top = max(top, ys.max(initial=1))
         shown = np.where(ys > 0, ys, np.nan)  # log scale: a class with no rows has no bar
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, shown, width=width, label=_plain(name, 40))
+        bars = ax.bar(
+            x + (i - (len(series) - 1) / 2) * width, shown, width=width, label=_plain(name, 40)
+        )
+        if k * len(series) <= 30:  # the counts while they fit
+            ax.bar_label(bars, labels=[f"{int(v)}" if v > 0 else "" for v in ys], fontsize=7)
     ax.set_yscale("log")
     ax.set_ylim(0.7, top * 1.6)
     _tick_classes(ax, order)
@@ -343,7 +362,7 @@ def _plot_per_class_f1(inp: ReportInput, order: list[str], test: dict[str, Any])
         pc = test[s.name]["per_class"]
         f1 = [_num(pc[c]["f1"]) for c in order]
         ax.bar(
-            x + (i - (len(inp.test) - 1) / 2) * width, f1, width=width, label=_plain(s.display, 40)
+            x + (i - (len(inp.test) - 1) / 2) * width, f1, width=width, label=_plain(s.display, 80)
         )
     absent = [
         j for j, c in enumerate(order) if test[inp.test[-1].name]["per_class"][c]["support"] == 0
@@ -377,27 +396,29 @@ def _plot_confusion(inp: ReportInput, order: list[str]) -> bytes:
     cmap = plt.get_cmap("Blues").with_extremes(bad="0.88")
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     fs = 6 if k > 30 else 7 if k > 12 else 9
-    labels = [_plain(c, 18) for c in order]
+    labels = [_plain(c, 28) for c in order]
+    rotation, ha = _rotation(labels, side * 0.7, fs)
     ax.set_xticks(np.arange(k))
     ax.set_yticks(np.arange(k))
-    ax.set_xticklabels(labels, rotation=90 if k > 6 else 0, fontsize=fs)
+    ax.set_xticklabels(labels, rotation=rotation, ha=ha, fontsize=fs)
     ax.set_yticklabels(labels, fontsize=fs)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if k <= 15:
+    if k <= 15:  # every cell of a true class with test rows gets its number (0 in grey)
         for i in range(k):
             for j in range(k):
-                if not np.isnan(norm[i, j]) and (norm[i, j] > 0 or i == j):
-                    v = norm[i, j]
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=10 if k <= 6 else 8,
-                        color="white" if v > 0.55 else "black",
-                    )
+                v = norm[i, j]
+                if np.isnan(v):
+                    continue
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}" if cm[i, j] else "0",
+                    ha="center",
+                    va="center",
+                    fontsize=10 if k <= 6 else 8,
+                    color="white" if v > 0.55 else "black" if cm[i, j] else "0.6",
+                )
     ax.set_title(f"Confusion, rows normalized — {_plain(s.display, 60)}", fontsize=11)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="share of the true class")
     fig.tight_layout()
@@ -470,15 +491,28 @@ def _plot_threshold_curve(inp: ReportInput) -> bytes:
 
 
 def _knobs(df: pandas.DataFrame, metric: str) -> list[str]:
-    """Knob columns: all but the metric, skipping those with a single value (nothing to see)."""
+    """The searched knobs (the dotted columns: ``model.kind``, ``train.lr``), skipping those
+    with a single value (nothing to see); results columns (ids, paths, other metrics) never."""
     out = []
     for col in df.columns:
-        if col == metric:
+        if col == metric or "." not in str(col):
             continue
         values = df[col].map(lambda v: v if isinstance(v, int | float | str | bool) else str(v))
         if values.nunique(dropna=False) > 1:
             out.append(col)
     return out
+
+
+def _category(u: Any) -> str:
+    """A knob's value as a tick label: JSON text unquoted, an inactive knob as ``n/a``."""
+    if u is None or u != u:
+        return "n/a"
+    if isinstance(u, str):
+        try:
+            u = json.loads(u)
+        except ValueError:
+            return u
+    return "n/a" if u is None or u != u else str(u)
 
 
 def _plot_tune(inp: ReportInput) -> tuple[bytes | None, str]:
@@ -495,6 +529,8 @@ def _plot_tune(inp: ReportInput) -> tuple[bytes | None, str]:
     if not knobs or len(df) == 0:
         return None, text + ": no knob varies, nothing to plot."
     plt = _pyplot()
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     n = len(knobs)
     ncols = min(4, n)
     nrows = math.ceil(n / ncols)
@@ -516,8 +552,13 @@ def _plot_tune(inp: ReportInput) -> tuple[bytes | None, str]:
             lo, hi = xs[has].min(), xs[has].max()
             if lo > 0 and (short in _LOG_KNOBS or hi / lo >= 100):
                 ax.set_xscale("log")
+                # a few ticks, plain numbers: minor log ticks overlap in a narrow panel
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=5))
+                ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelrotation=30)
         else:
-            cats = v.map(lambda u: "None" if u is None or u != u else str(u)).to_numpy()
+            cats = v.map(_category).to_numpy()
             values = sorted(set(cats))
             pos = {c: i for i, c in enumerate(values)}
             xs = np.array([pos[c] for c in cats], dtype=float)

@@ -328,13 +328,19 @@ def near_duplicate_labels(counts: Counter) -> list[str]:
 # plot
 
 
+LINEAR_UP_TO = 30  # a ratio above which the bars of the smallest classes need a log axis
+# fonts tried before matplotlib's default for labels it has no glyph for (CJK), when installed
+CJK_FONTS = ["Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Droid Sans Fallback"]
+
+
 def plot_class_distribution(
     series: dict[str, dict[str, int]],
     path: str,
     title: str = "Class distribution",
     fs=None,
 ) -> str:
-    """Bars per class (sorted by the first series' count), log scale; written as PNG atomically.
+    """Bars per class (sorted by the first series' count) with their counts; a log axis only
+    when the imbalance ratio is above ``LINEAR_UP_TO``; written as PNG atomically.
 
     ``series`` maps a legend name ("all", "train", ...) to {label: count}.
     """
@@ -347,27 +353,44 @@ def plot_class_distribution(
 
     from engine.io import write_bytes_atomic
 
+    plt.rcParams["font.family"] = ["sans-serif"]
+    fonts = plt.rcParams["font.sans-serif"]
+    plt.rcParams["font.sans-serif"] = [*CJK_FONTS, *(f for f in fonts if f not in CJK_FONTS)]
+
     first = next(iter(series.values()))
     order = sorted(first, key=lambda k: (-first[k], k))
     k = len(order)
     fig, ax = plt.subplots(figsize=(max(6.0, min(0.28 * k + 2, 24.0)), 4.2), dpi=110)
     width = 0.8 / len(series)
     x = np.arange(k)
+    positive = [v for v in first.values() if v > 0]
+    ratio = max(first.values()) / max(min(first.values()), 1)
+    log = ratio > LINEAR_UP_TO or not positive
+    numbers = k * len(series) <= 40  # counts on the bars while they fit
     for i, (name, counts) in enumerate(series.items()):
         ys = [max(counts.get(c, 0), 0) for c in order]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width=width, label=name)
-    ax.set_yscale("log")
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width=width, label=name)
+        if numbers:
+            ax.bar_label(bars, fontsize=7, rotation=90 if len(series) > 2 else 0, padding=2)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylim(0.7 if log else 0, max(first.values()) * (3 if log else 1.15))
     ax.set_xticks(x)
-    ax.set_xticklabels(order, rotation=90 if k > 12 else 0, fontsize=7 if k > 25 else 9)
-    ax.set_ylabel("rows (log scale)")
-    ratio = max(first.values()) / max(min(first.values()), 1)
+    labels = [c if len(c) <= 28 else c[:27] + "…" for c in order]
+    slant = max(map(len, labels)) * 0.6 * 9 / 72 > fig.get_figwidth() * 0.8 / k
+    ax.set_xticklabels(
+        labels,
+        rotation=(90 if k > 12 else 35) if slant else 0,
+        ha="right" if slant and k <= 12 else "center",
+        fontsize=7 if k > 25 else 9,
+    )
+    ax.set_ylabel("rows (log scale)" if log else "rows")
     ax.set_title(f"{title} — {k} classes, imbalance ratio {ratio:.3g}")
     if len(series) > 1:
-        ax.legend()
+        ax.legend(fontsize=8)
     ax.grid(axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     write_bytes_atomic(path, buf.getvalue(), fs)
     return path

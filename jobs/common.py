@@ -14,6 +14,7 @@ from engine.config import JobSpec, SpecError, load_spec
 from engine.logs import (
     LogRoute,
     after_ray_init,
+    capture_stderr,
     keep_logs,
     ray_init_options,
     route_logs,
@@ -119,6 +120,8 @@ ROUTE: dict[str, LogRoute | None] = {"route": None}
 def setup_logging(verbose: bool) -> LogRoute:
     """Logs to a file (``engine.logs``); on the terminal our warnings and the progress."""
     route = route_logs(verbose)
+    if not verbose:
+        err.file = capture_stderr(route) or err.file  # fd 2 -> the log; ours to the terminal
     ours = logging.getLogger("raybalance")
     ours.setLevel(logging.INFO)
     for h in [h for h in ours.handlers if isinstance(h, _OurConsole)]:
@@ -156,11 +159,21 @@ def run_main(fn, argv: list[str] | None) -> int:
         if os.environ.get("RAYBALANCE_TRACEBACK") == "1":
             err.print_exception()
         err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True)
-        unroute(route)
+        _ended(route)
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
             err.print(f"  log: {route.path}")
         return 2
-    finally:
-        logging.getLogger(PROGRESS_LOGGER).handlers.clear()
+    except BaseException:
+        err.print_exception()  # on the terminal, not only in the log
+        _ended(route)
+        err.print(f"  log: {route.path}")
+        raise
+    _ended(route)
     keep_logs(route, LOG_HOME["dir"], fn.__module__.rpartition(".")[2])
     return 0
+
+
+def _ended(route: LogRoute) -> None:
+    logging.getLogger(PROGRESS_LOGGER).handlers.clear()
+    unroute(route)
+    err.file = None  # rich: back to whatever sys.stderr is

@@ -133,3 +133,44 @@ def test_nan_infinite_or_null_features_are_refused_with_counts_before_the_models
     ):
         predict(built["artifact"], str(folder), str(out))
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".pred")]
+
+
+def test_a_trained_model_folder_predicts_by_itself_with_the_same_checks(
+    ensemble_artifact, tmp_path, capsys
+):
+    """``raybalance predict`` on one model (what ``train`` writes to ``train/best``): its
+    manifest is checked, the encoder of its embeddings comes from the run's embed spec, and its
+    probabilities are the member's own."""
+    from engine.artifact import write_model_manifest
+    from jobs import cli
+
+    built = ensemble_artifact
+    ref = built["refs"][1]  # the MLP over the text's embeddings
+    model = tmp_path / "best"
+    shutil.copytree(ref.dir, model)
+    write_model_manifest(str(model), built["spec"].data, built["spec"].embed, trained_as="mlp")
+    folder, table = _raw(built, tmp_path)
+    out = tmp_path / "pred"
+    assert cli.main(["predict", str(model), str(folder), "--out", str(out)]) == 0
+    got = pq.read_table(out)
+    assert got.column("id").to_pylist() == table.column("id").to_pylist()
+    proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in ("ant", "bee", "cat")], 1)
+    expected = built["scores"]["test"].proba[ref.name]
+    order = np.lexsort(np.round(expected, 4).T[::-1])
+    mine = np.lexsort(np.round(proba, 4).T[::-1])
+    assert np.allclose(expected[order], proba[mine], atol=1e-4)
+    assert got.column("prediction").to_pylist() == [
+        ("ant", "bee", "cat")[i] for i in proba.argmax(axis=1)
+    ]
+    summary = json.loads((out / "_predict.json").read_text())
+    assert summary["artifact"] == str(model)
+    capsys.readouterr()
+    # a changed weight file is refused before anything runs; a missing folder is named
+    weights = next(model.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    assert cli.main(["predict", str(model), str(folder), "--out", str(tmp_path / "p2")]) == 2
+    assert "sha256 does not match" in capsys.readouterr().err
+    missing = tmp_path / "nothere"
+    assert cli.main(["predict", str(missing), str(folder), "--out", str(tmp_path / "p3")]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "p2").exists() and not (tmp_path / "p3").exists()
