@@ -45,6 +45,7 @@ from engine.io import (
     write_json_atomic,
     writer_temp_dir,
 )
+from engine.progress import progress_event
 
 log = logging.getLogger("raybalance")
 
@@ -393,6 +394,7 @@ def embed_many(
         # in its source: the files hold the rows in the split's order, so that training on
         # them is the same from run to run.
         ds = _embed(read_ordered(sources), text, spec, check_nulls=False)
+        ds = _with_progress(ds, sum(rows), f"embed {text!r}")
         fs = temps[0][0]
         written = write_sources_in_order(ds, fs, [t for _, t in temps], sources)
         seconds = time.perf_counter() - t0
@@ -419,6 +421,24 @@ def embed_many(
         sum(rows) / max(seconds, 1e-9),
     )
     return [EmbedResult(path=d, rows=n, dim=dim, seconds=seconds) for d, n in zip(out_dirs, rows)]
+
+
+def _with_progress(ds, total: int, task: str):
+    """``ds`` computed block by block with a progress event per block (rows embedded, rows/s;
+    the bar shows the time left), as a dataset of the computed blocks. The ordered write that
+    follows sorts, which needs every block anyway."""
+    import ray
+
+    refs, done, t0 = [], 0, time.perf_counter()
+    progress_event(task, 0, total)
+    for bundle in ds.iter_internal_ref_bundles():
+        refs += [entry.ref for entry in bundle.blocks]
+        done += bundle.num_rows() or 0
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        progress_event(task, min(done, total), total, f"{rate:.0f} rows/s")
+    if done < total:
+        progress_event(task, total, total)
+    return ray.data.from_arrow_refs(refs) if refs else ds
 
 
 def _manifest(spec: EmbedSpec, dim: int, rows: int, seconds: float, text: str, source: Source):

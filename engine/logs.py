@@ -72,6 +72,7 @@ def route_logs(verbose: bool = False) -> LogRoute:
 def quiet_libraries(handler: logging.Handler, verbose: bool) -> None:
     """The libraries' own terminal handlers: only errors unless ``verbose``; their records also
     to ``handler``. Call again after a library reconfigures its loggers (``ray.init``)."""
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))  # ray.init sets its own on "ray"'s
     for name in LIBRARY_LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)

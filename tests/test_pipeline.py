@@ -73,6 +73,17 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
     for row in ("plain CE baseline", "best tuned model", "ensemble of", "macro-F1", "tail recall"):
         assert row in out
     assert "report:" in out and "artifact:" in out
+    # a quiet console: at most 60 lines, none from Ray's or the libraries' loggers; the rest
+    # is in the run's log folder
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert len(lines) <= 60, "\n".join(lines)
+    noise = ("INFO", "WARNING ", "(run_trial", "pid=", "Trial status", "streaming_executor")
+    assert not [ln for ln in lines if any(n in ln for n in noise)], "\n".join(lines)
+    logs = sorted((run / "logs").glob("pipeline-*.log"))
+    assert logs and "raybalance.progress: tune" in logs[0].read_text()
+    assert any((run / "logs").glob("ray-*/*.out"))  # the workers' output, copied
+    # the baseline's exported model predicts by itself (its own manifest, the same checks)
+    assert (run / "baseline" / "best" / "manifest.json").exists()
 
     metrics = json.loads((run / "report" / "metrics.json").read_text())
     test_rows = json.loads((run / "splits" / "_manifest.json").read_text())["rows"]["test"]
@@ -132,6 +143,15 @@ def test_predict_on_raw_text_agrees_with_the_pipeline_and_a_rerun_skips_every_st
     pred = got.column("prediction").to_pylist()
     ens = metrics["test"]["ensemble"]
     assert np.mean([p == t for p, t in zip(pred, truth)]) == pytest.approx(ens["accuracy"])
+
+    # the baseline's model folder (what `raybalance train` exports) predicts by itself
+    out = demo_run["tmp"] / "pred-baseline"
+    proc = _run(["predict", str(run / "baseline" / "best"), test_split, "--out", str(out)], env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = pq.read_table(out)
+    proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in labels], axis=1)
+    expected = load_scores(str(run / "scores.safetensors"))["test"]["baseline"]
+    assert np.allclose(proba, expected, atol=2e-4)
 
     # the same command again: every stage is found complete
     before = (run / "report" / "metrics.json").stat().st_mtime_ns
