@@ -119,11 +119,16 @@ def unroute(route: LogRoute) -> None:
     for name in ("", *LIBRARY_LOGGERS):
         logging.getLogger(name).removeHandler(route.handler)
     route.handler.close()
+    logging.captureWarnings(False)
 
 
 def _to_terminal(h: logging.Handler) -> bool:
-    """A stream handler that is not a file's (Ray's writes to whatever ``sys.stderr`` is)."""
-    return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    """A handler that prints to standard output or error (Ray's writes to whatever
+    ``sys.stderr`` is when it emits)."""
+    if type(h).__name__ == "PlainRayHandler":
+        return True
+    streams = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    return not isinstance(h, logging.FileHandler) and getattr(h, "stream", None) in streams
 
 
 def ray_init_options(route: LogRoute | None) -> dict:

@@ -448,10 +448,11 @@ def _plot_pr_tail(inp: ReportInput, tail: list[str]) -> bytes:
                 style,
                 drawstyle="steps-post",
                 lw=1.4,
-                label=f"{_plain(s.display, 22)} AP {ap:.2f}",
+                label=f"{_plain(s.display, 32)} AP {ap:.2f}",
             )
         ax.axhline(y.mean(), color="0.6", ls=":", lw=1)
-        ax.set_title(f"{_plain(c, 24)} ({int(y.sum())} test rows)", fontsize=9)
+        n_rows = int(y.sum())
+        ax.set_title(f"{_plain(c, 24)} ({n_rows} test row{'s' if n_rows != 1 else ''})", fontsize=9)
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=7, frameon=False, loc="upper right")

@@ -216,14 +216,16 @@ def split(
             name: dict(zip(label_map.keys, (int(x) for x in target[:, s])))
             for s, name in enumerate(SPLITS)
         }
-        manifest = _manifest(spec, cols, source, target, counts, extra_manifest)
+        warnings = split_warnings(label_map, target, spec)
+        manifest = {**_manifest(spec, cols, source, target, counts, extra_manifest)}
+        manifest["warnings"] = warnings  # kept: a reused split repeats them
         write_json_atomic(join(tmp, MANIFEST), manifest, fs)
         replace_dir(fs, tmp, final)
     except BaseException:
         if exists(fs, tmp):
             fs.delete_dir(tmp)
         raise
-    return SplitResult(out_dir, counts, split_warnings(label_map, target, spec), pending_rows)
+    return SplitResult(out_dir, counts, warnings, pending_rows)
 
 
 def _write_pending(parts, cuts, schema: pa.Schema, fs, tmp: str, k: int):

@@ -81,6 +81,7 @@ def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local,
     row = result.metrics[0]
     assert [r["epoch"] for r in result.metrics] == [0] and row["rounds"] >= 1
     assert result.best["val_macro_f1"] > 0.8  # LR with a tuned threshold reaches ~0.8 here
-    assert sorted(os.listdir(result.best_dir)) == ["config.json", "label_map.json", MODEL_TXT]
+    files = ["config.json", "label_map.json", "manifest.json", MODEL_TXT]
+    assert sorted(os.listdir(result.best_dir)) == files
     m = evaluate_split(spec, result.best_dir, "test")
     assert m["macro_f1"] > 0.8

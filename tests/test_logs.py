@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from engine.logs import keep_logs, quiet_libraries, route_logs, unroute
+from engine.logs import _to_terminal, keep_logs, quiet_libraries, route_logs, unroute
 
 
 def test_library_records_reach_the_file_not_the_terminal(tmp_path, capfd):
@@ -57,9 +57,7 @@ def test_verbose_keeps_the_terminal_handlers():
     import ray  # noqa: F401 - its import adds the ray logger's terminal handler
 
     def levels() -> list[int]:
-        handlers = logging.getLogger("ray").handlers
-        terminal = [h for h in handlers if not isinstance(h, logging.FileHandler)]
-        return [h.level for h in terminal if isinstance(h, logging.StreamHandler)]
+        return [h.level for h in logging.getLogger("ray").handlers if _to_terminal(h)]
 
     route = route_logs(verbose=True)
     try:

@@ -66,6 +66,7 @@ def test_linear_and_gbdt_members_score_ensemble_and_predict(ray_local, tmp_path)
     assert sorted(os.listdir(Path(art) / "members" / "m2")) == [
         "config.json",
         "label_map.json",
+        "manifest.json",  # the model's own (it can predict by itself)
         "model.txt",
     ]
 

@@ -204,3 +204,30 @@ def test_a_uri_run_dir_is_refused_by_the_stages_that_write_local_files():
     for call in (run_pipeline, fit, search):
         with pytest.raises(ValueError, match="is a URI, but .* writes local files"):
             call(spec)
+
+
+def test_the_summary_notes_say_what_a_tiny_class_means(ray_local, tmp_path):
+    """A one-row class: not in val or test (said, with what it means) and only copied by SMOTE
+    (said): the notes the summary table and the report show."""
+    import pyarrow as pa
+
+    from engine.pipeline import input_notes
+    from engine.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    labels = [0] * 40 + [1] * 20 + [2]
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(
+        pa.table({"label": labels, "f0": rng.normal(size=61), "f1": rng.normal(size=61)}),
+        data / "x.parquet",
+    )
+    sets = [f"data.path={data}", "data.text=null", "data.features=[f0,f1]", "model.kind=mlp"]
+    sets += [f"run_dir={tmp_path / 'run'}", "resample.method=smote"]
+    prepare(load_spec(None, sets))
+    _, notes = input_notes(str(tmp_path / "run"))
+    text = "\n".join(notes)
+    assert "split: split 'val' has no rows of 1 class(es)" in text
+    assert "model selection, the ensemble and the thresholds cannot see them" in text
+    assert "they are not evaluated" in text
+    assert "resample:" in text and "it has a single row" in text
