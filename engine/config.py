@@ -384,6 +384,18 @@ class TrainSpec:
         _require(self.max_failures >= 0, "max_failures", f"must be >= 0, got {self.max_failures}")
         if self.cpus_per_worker is not None:
             _require(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0 or null")
+        _require(
+            self.batch_size % self.num_workers == 0,
+            "batch_size",
+            f"is the global batch, split evenly over the {self.num_workers} workers: "
+            f"{self.batch_size} is not a multiple of train.num_workers={self.num_workers}",
+        )
+
+    @property
+    def worker_batch_size(self) -> int:
+        """Each worker's share of the global ``batch_size``: N workers train with the same
+        samples per optimizer step as one (adding workers changes the speed, not the model)."""
+        return self.batch_size // self.num_workers
 
 
 @dataclass(frozen=True)

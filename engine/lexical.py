@@ -329,6 +329,13 @@ class LexicalClassifier(nn.Module):
         return {"lex_idx": torch.as_tensor(idx), "lex_val": torch.as_tensor(val)}
 
 
+def fit_for_ddp(model: LexicalClassifier, device: torch.device, world: int) -> None:
+    """Dense gradients for the bag when several CUDA workers train it: NCCL has no all-reduce
+    for sparse tensors (gloo, on CPU, does), so DDP with a sparse bag fails on GPUs."""
+    if world > 1 and device.type == "cuda":
+        model.bag.sparse = False
+
+
 # --------------------------------------------------------------------------------------------
 # sparse-gradient training
 

@@ -18,6 +18,7 @@ vectorizer for the lexical model) and the per-epoch metrics to ``RUN_DIR/train/m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -263,6 +264,9 @@ def _build_loop(config: dict[str, Any], session) -> _Loop:
     label_map = LabelMap.from_json(config["label_map"])
     counts = np.asarray(config["class_counts"], dtype=np.int64)
     device = session.device
+    if device.type == "cuda":  # TF32 matmuls where bf16 autocast does not reach
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if model_spec.kind == "lexical" and device.type == "cpu":
         # A lexical step is a few small sparse ops: intra-op threads only add synchronization
         # (measured on 2 busy cores: 64 steps/s with 1 thread, 9 with 2).
@@ -271,6 +275,10 @@ def _build_loop(config: dict[str, Any], session) -> _Loop:
     np.random.seed(train.seed)
     vectorizer = ray.get(config["vectorizer_ref"]) if config.get("vectorizer_ref") else None
     model = build_model(model_spec, label_map, config.get("input_dim"), vectorizer)
+    if model_spec.kind == "lexical":
+        from engine.lexical import fit_for_ddp
+
+        fit_for_ddp(model, device, session.world)
     if config.get("standardization"):  # before DDP: every replica starts from the same buffers
         model.set_standardization(*config["standardization"])
     model = session.prepare_model(model)
@@ -332,7 +340,7 @@ def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop
     if sampler.kind == "balanced":
         order = BalancedDistributedSampler(
             arrays["label"],
-            train.batch_size,
+            train.worker_batch_size,
             num_replicas=loop.world,
             rank=loop.rank,
             power=sampler.power,
@@ -346,7 +354,7 @@ def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop
             shuffle=True,
             seed=train.seed,
         )
-    return TensorBatches(arrays, order, train.batch_size, loop.device)
+    return TensorBatches(arrays, order, train.worker_batch_size, loop.device)
 
 
 def _stream_balancer(sampler: SamplerSpec, loop: _Loop, steps: int):
@@ -357,7 +365,7 @@ def _stream_balancer(sampler: SamplerSpec, loop: _Loop, steps: int):
         return None
     return StreamBalancer(
         loop.counts.tolist(),
-        loop.train.batch_size,
+        loop.train.worker_batch_size,
         power=sampler.power,
         seed=loop.train.seed,
         rank=loop.rank,
@@ -372,13 +380,14 @@ def _epoch_batches(config: dict[str, Any], sampler: SamplerSpec, loop: _Loop, se
     import ray
 
     # batches per epoch, equal on every worker (DDP needs equal step counts)
-    steps = math.ceil(int(loop.counts.sum()) / (loop.world * loop.train.batch_size))
+    # train.batch_size is the global batch: each of the world's workers takes its share
+    steps = math.ceil(int(loop.counts.sum()) / (loop.world * loop.train.worker_batch_size))
     if sampler.mode == "stream":
         shard = session.dataset_shard("train")
         balancer = _stream_balancer(sampler, loop, steps)
 
         def stream_epoch(epoch: int):
-            it = shard.iter_batches(batch_size=loop.train.batch_size, batch_format="numpy")
+            it = shard.iter_batches(batch_size=loop.train.worker_batch_size, batch_format="numpy")
             return balancer.epoch(epoch, it) if balancer is not None else it
 
         return steps, stream_epoch
@@ -397,8 +406,9 @@ def _add_optimizer(loop: _Loop, steps: int) -> None:
     if isinstance(loop.core, LexicalClassifier):  # its bag has sparse gradients
         loop.optimizer = LazyAdamW(loop.params, lr=train.lr, weight_decay=train.weight_decay)
     else:
+        fused = loop.device.type == "cuda"  # one kernel for every parameter
         loop.optimizer = torch.optim.AdamW(
-            loop.params, lr=train.lr, weight_decay=train.weight_decay
+            loop.params, lr=train.lr, weight_decay=train.weight_decay, fused=fused
         )
     total = max(1, train.epochs * math.ceil(steps / train.grad_accum))
     warmup = int(train.warmup_ratio * total)
@@ -450,7 +460,9 @@ def _train_epoch(loop: _Loop, epoch: int, batches, step_hook=None) -> dict[str, 
         else:
             logits = logits_of(loop.model, batch)
         loss = loop.loss_fn(logits.float(), batch["label"])
-        (loss / accum if accum > 1 else loss).backward()
+        syncs = (step + 1) % accum == 0 or loop.world == 1
+        with contextlib.nullcontext() if syncs else loop.model.no_sync():  # DDP: one all-reduce
+            (loss / accum if accum > 1 else loss).backward()
         if (step + 1) % accum == 0:
             _optimizer_step(loop)
         loss_sum += loss.detach()
@@ -459,11 +471,15 @@ def _train_epoch(loop: _Loop, epoch: int, batches, step_hook=None) -> dict[str, 
     if n_steps % accum:
         _optimizer_step(loop)
     elapsed = time.perf_counter() - t0
+    totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=device)])
+    if loop.world > 1 and torch.distributed.is_initialized():  # every worker's, not rank 0's
+        torch.distributed.all_reduce(totals)
     return {
         "epoch": epoch,
-        "train_loss": float(loss_sum) / max(n_steps, 1),
+        "train_loss": float(totals[0]) / max(n_steps * loop.world, 1),
         "steps": n_steps,
-        "samples_per_s": seen * loop.world / max(elapsed, 1e-9),
+        "samples_per_step": float(totals[1]) / max(n_steps, 1),  # over all workers
+        "samples_per_s": float(totals[1]) / max(elapsed, 1e-9),
         "lr": loop.scheduler.get_last_lr()[0],
     }
 
@@ -655,16 +671,49 @@ class TrainResult:
     best: dict[str, Any]
 
 
-def _cpus_per_worker(train: TrainSpec, streaming: bool) -> float:
-    """Workers share the cluster's CPUs; when they stream from Ray Data, one CPU is left for
-    its read and preprocessing tasks (without it, 2 workers on 2 CPUs deadlock)."""
+def live_nodes() -> list[dict[str, float]]:
+    """The resources of each live node of the connected cluster."""
     import ray
 
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def worker_cpu_cap(nodes: Sequence[Mapping[str, float]], use_gpu: bool) -> float | None:
+    """The most CPUs one Train worker can be given so that it fits on a node: with GPUs, the
+    CPUs per GPU of the GPU node that has the fewest (each of its GPUs may get a worker);
+    without, the largest node's CPUs. None when no node qualifies (GPU nodes not up yet)."""
+    if use_gpu:
+        per = [n.get("CPU", 0.0) / n["GPU"] for n in nodes if n.get("GPU", 0.0) >= 1]
+    else:
+        per = [n.get("CPU", 0.0) for n in nodes]
+    return math.floor(min(per) * 100) / 100 if use_gpu and per else (max(per) if per else None)
+
+
+def check_gpu_workers(nodes: Sequence[Mapping[str, float]], train: TrainSpec) -> None:
+    """Refuse more GPU workers than the cluster's GPUs (Ray Train would wait for them forever).
+    A cluster with no GPU node up yet (an autoscaling one) is let through: it may add them."""
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    if train.use_gpu and 0 < gpus < train.num_workers:
+        raise ValueError(
+            f"train.num_workers={train.num_workers} GPU workers need {train.num_workers} GPUs; "
+            f"the cluster has {gpus:g}: lower train.num_workers to {int(gpus)} or add GPU nodes"
+        )
+
+
+def _cpus_per_worker(
+    train: TrainSpec, streaming: bool, nodes: Sequence[Mapping[str, float]] | None = None
+) -> float:
+    """Workers share the cluster's CPUs; when they stream from Ray Data, one CPU is left for
+    its read and preprocessing tasks (without it, 2 workers on 2 CPUs deadlock). A worker never
+    asks for more than a node can give it (``worker_cpu_cap``), or it would wait forever."""
     if train.cpus_per_worker is not None:
         return train.cpus_per_worker
-    cpus = ray.cluster_resources().get("CPU", 1.0)
+    nodes = live_nodes() if nodes is None else nodes
+    cpus = sum(n.get("CPU", 0.0) for n in nodes) or 1.0
     share = (cpus - (1 if streaming else 0)) / train.num_workers
-    return float(max(0.25, min(share, 8.0))) if share > 0 else 0.25
+    cap = worker_cpu_cap(nodes, train.use_gpu)
+    share = min(share, 8.0, cap if cap is not None else 1.0)
+    return float(max(0.25, share)) if share > 0 else 0.25
 
 
 def input_data(spec: JobSpec) -> DataSpec:
@@ -945,6 +994,7 @@ def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callback
     from ray.train.torch import TorchTrainer
 
     metric = spec.train.metric
+    check_gpu_workers(live_nodes(), spec.train)
     return TorchTrainer(
         _worker_loop,
         train_loop_config=config,
@@ -986,6 +1036,15 @@ def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[
     return best_dir, history, best_metrics
 
 
+def complete_model_folder(folder: str, spec: JobSpec) -> None:
+    """What a checkpoint's ``model/`` lacks to be used by itself: a transformer's tokenizer
+    (without it, loading the folder builds an empty tokenizer and every word is unknown) and
+    the model's manifest."""
+    if spec.model.kind == "transformer":
+        load_tokenizer(spec.model).save_pretrained(folder)
+    model_manifest(folder, spec)
+
+
 def model_manifest(folder: str, spec: JobSpec, trained_as: str | None = None) -> None:
     """The manifest that lets ``raybalance predict`` use the model in ``folder`` by itself."""
     from engine.artifact import write_model_manifest
@@ -1007,9 +1066,7 @@ def _export(checkpoint_dir: str, history: list[dict], spec: JobSpec, out: str) -
     tmp_best = best_dir + ".tmp"
     shutil.rmtree(tmp_best, ignore_errors=True)
     shutil.copytree(os.path.join(checkpoint_dir, "model"), tmp_best)
-    if spec.model.kind == "transformer":
-        load_tokenizer(spec.model).save_pretrained(tmp_best)
-    model_manifest(tmp_best, spec)
+    complete_model_folder(tmp_best, spec)
     shutil.rmtree(best_dir, ignore_errors=True)
     os.replace(tmp_best, best_dir)
     write_json_atomic(join(out, rundir.METRICS), history)

@@ -86,7 +86,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -361,8 +361,14 @@ def trial_resources(
     trials: int,
     limit: int | None = None,
     light: bool = False,
+    nodes: Sequence[Mapping[str, float]] | None = None,
 ) -> TrialResources:
     """How many trials run at once and the CPUs of each trial's Train workers.
+
+    ``nodes``: each node's resources; a worker's CPUs never exceed what one node can give it
+    (``engine.train.worker_cpu_cap``: with GPUs, the CPUs per GPU of a GPU node), since a
+    worker that fits on no node waits forever, and GPU workers beyond the cluster's GPUs are
+    refused.
 
     ``light``: one-worker trials of small models (an MLP head, the lexical model) that need
     less than a CPU each: they are packed ``LIGHT_TRIAL_CPU`` apart instead of 1 CPU apart.
@@ -411,6 +417,12 @@ def trial_resources(
     if train.cpus_per_worker is not None:
         return TrialResources(n, float(train.cpus_per_worker))
     share = (usable - n * TRIAL_CPU) / (n * nw) if usable > 0 else 0.0
+    if nodes is not None:
+        from engine.train import check_gpu_workers, worker_cpu_cap
+
+        check_gpu_workers(nodes, train)
+        cap = worker_cpu_cap(nodes, train.use_gpu)
+        share = min(share, cap if cap is not None else 1.0)
     share = math.floor(share * 100) / 100  # round down: the sum must fit
     if share < 0.05:
         raise ValueError(
@@ -597,7 +609,7 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
     """One row per trial of a Tune ``ResultGrid``, best first (errors last)."""
     import pandas as pd
 
-    from engine.train import model_manifest
+    from engine.train import complete_model_folder
 
     metric = spec.tune.metric
     rows = []
@@ -615,11 +627,11 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
         elif df is not None and len(df) and "epoch" in df.columns:
             df = df[df["epoch"].notna()].drop_duplicates("epoch", keep="last")
             history = df.sort_values("epoch").to_dict("records")
-        trial = replace(
-            spec, model=replace(spec.model, kind=str(values.get("model.kind", spec.model.kind)))
-        )
+        kind = str(values.get("model.kind", spec.model.kind)).strip('"')
+        path = values.get("model.path", spec.model.path)
+        trial = replace(spec, model=replace(spec.model, kind=kind, path=path))
         best_dir = (
-            _export_best(trial_dir, history, metric, lambda f, t=trial: model_manifest(f, t))
+            _export_best(trial_dir, history, metric, lambda f, t=trial: complete_model_folder(f, t))
             if history
             else None
         )
@@ -921,9 +933,12 @@ def _search(spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool)
     _clear_finished(tune_dir, overwrite)
     check_trainer_cleanup()
     modes = space["sampler.mode"].args if "sampler.mode" in space else (spec.sampler.mode,)
+    from engine.train import live_nodes
+
     res = trial_resources(
         ray.cluster_resources(),
         spec.train,
+        nodes=live_nodes(),
         streaming="stream" in modes,
         trials=t.num_samples * grid_size(space),
         limit=t.max_concurrent_trials,

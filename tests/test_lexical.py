@@ -384,3 +384,20 @@ def test_inputs_stage_makes_int32_indices_that_reach_the_model_as_long():
     no_text = Columns("label", None, ("x",), None, None, ("label", "x"))
     with pytest.raises(ValueError, match="needs data.text"):
         preprocess(None, no_text, spec, lm, vec)
+
+
+def test_the_bag_trains_with_dense_gradients_across_cuda_workers():
+    """NCCL cannot all-reduce sparse gradients: several CUDA workers get a dense bag; CPU
+    workers (gloo) and a single GPU keep the sparse one."""
+    import torch
+
+    from engine.lexical import LexicalClassifier, fit_for_ddp
+
+    for device, world, sparse in (("cuda", 2, False), ("cuda", 1, True), ("cpu", 2, True)):
+        model = LexicalClassifier(64, [], 3)
+        fit_for_ddp(model, torch.device(device), world)
+        assert model.bag.sparse is sparse
+        ids = torch.tensor([[1, 2], [3, 0]])
+        weights = torch.tensor([[1.0, 0.5], [1.0, 0.0]])
+        model(ids, weights).sum().backward()
+        assert model.bag.weight.grad.is_sparse is sparse

@@ -290,3 +290,57 @@ def test_an_mlp_with_the_default_learning_rate_learns_a_binary_tabular_set(
     history = json.loads((run / "train" / "metrics.json").read_text())
     assert history[0]["lr"] > 1e-4  # the MLP default (3e-3 after warm-up), not 5e-5
     assert max(row["val_macro_f1"] for row in history) > 0.75  # 0.60 with lr 5e-5
+
+
+def test_a_standalone_fit_sizes_its_workers_by_the_nodes():
+    from engine.config import TrainSpec
+    from engine.train import _cpus_per_worker, check_gpu_workers, worker_cpu_cap
+
+    shipped = [{"CPU": 4.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+    assert worker_cpu_cap(shipped, use_gpu=True) == 4.0
+    assert worker_cpu_cap(shipped, use_gpu=False) == 4.0
+    assert worker_cpu_cap([{"CPU": 8.0, "GPU": 4.0}], use_gpu=True) == 2.0
+    one_gpu = TrainSpec(use_gpu=True, num_workers=1)
+    assert _cpus_per_worker(one_gpu, streaming=False, nodes=shipped) == 4.0  # not 8: no node
+    assert _cpus_per_worker(TrainSpec(num_workers=2), False, nodes=shipped) == 4.0
+    with pytest.raises(ValueError, match="need 4 GPUs; the cluster has 2"):
+        check_gpu_workers(shipped, TrainSpec(use_gpu=True, num_workers=4))
+
+
+def test_an_exported_transformer_carries_its_tokenizer_and_manifest(tmp_path):
+    """A stopped trial's export is a checkpoint's ``model/`` folder made whole: without the
+    tokenizer, loading the folder gives an empty tokenizer and every word becomes unknown."""
+    from transformers import AutoTokenizer
+
+    from engine.config import load_spec
+    from engine.data import LabelMap
+    from engine.models import build_transformer, load_tokenizer
+    from engine.train import complete_model_folder
+
+    spec = load_spec(None, ["model.kind=transformer", "model.path=tiny", "data.text=text"])
+    model = build_transformer(spec.model, LabelMap.from_values("label", "int", [0, 1]))
+    folder = tmp_path / "best"
+    model.save_pretrained(folder)
+    complete_model_folder(str(folder), spec)
+    want = load_tokenizer(spec.model)
+    got = AutoTokenizer.from_pretrained(folder)
+    text = "which river is the longest"
+    assert got(text)["input_ids"] == want(text)["input_ids"]
+    assert got.unk_token_id not in got(text)["input_ids"][1:-1]
+    assert json.loads((folder / "manifest.json").read_text())["format"] == "raybalance-model/1"
+
+
+def test_one_and_two_workers_train_the_same_samples_per_step(ray_local, digits, tmp_path):
+    """``train.batch_size`` is the global batch: two workers take 16 rows each where one takes
+    32, so both make the same number of steps of the same size (and the loss is every
+    worker's)."""
+    rows = {}
+    for n in (1, 2):
+        spec = _spec(digits, tmp_path / f"run{n}", f"train.num_workers={n}", "train.epochs=1")
+        prepare(spec)
+        rows[n] = fit(spec).metrics[0]
+    assert rows[1]["steps"] == rows[2]["steps"] > 1
+    assert rows[1]["samples_per_step"] == pytest.approx(rows[2]["samples_per_step"], rel=0.05)
+    assert rows[2]["samples_per_step"] <= 32 and rows[2]["train_loss"] > 0
+    with pytest.raises(ValueError, match="not a multiple of train.num_workers=3"):
+        _spec(digits, tmp_path / "run3", "train.num_workers=3")

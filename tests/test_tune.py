@@ -530,3 +530,39 @@ def test_the_time_budget_stops_starting_trials_and_lets_running_ones_finish(
             "the search's time budget (tune.time_budget_s=2) was spent after 1 of 4 trials; "
             "3 were not started"
         )
+
+
+# the shipped cluster: a 4-CPU head and g5.xlarge workers (4 CPUs, 1 GPU each)
+SHIPPED = [{"CPU": 4.0}, {"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+
+
+def test_gpu_workers_ask_for_what_one_node_holds_not_the_cluster_total():
+    """On the shipped cluster a trial's worker once asked ~5.5 CPUs + 1 GPU: no node holds
+    that, and Train waited forever. Sized from the nodes, it asks at most a GPU node's CPUs
+    per GPU."""
+    totals = {"CPU": 12.0, "GPU": 2.0}
+    spec = TrainSpec(use_gpu=True)
+    unsized = trial_resources(totals, spec, streaming=False, trials=8)
+    assert unsized.cpus_per_worker > 4  # the hang, from the totals alone
+    res = trial_resources(totals, spec, streaming=False, trials=8, nodes=SHIPPED)
+    assert res.max_concurrent == 2 and 0.05 <= res.cpus_per_worker <= 4.0
+    gpu_nodes = [n for n in SHIPPED if n.get("GPU")]
+    assert all(res.cpus_per_worker <= n["CPU"] / n["GPU"] for n in gpu_nodes)
+
+
+def test_more_gpu_workers_than_gpus_are_refused_naming_both():
+    with pytest.raises(
+        ValueError, match=r"num_workers=3 GPU workers need 3 GPUs; the cluster has 2"
+    ):
+        trial_resources(
+            {"CPU": 12, "GPU": 2},
+            TrainSpec(use_gpu=True, num_workers=3),
+            streaming=False,
+            trials=4,
+            nodes=SHIPPED,
+        )
+    # a cluster with no GPU node up yet (autoscaling) is let through; its size is unknown
+    res = trial_resources(
+        {"CPU": 4}, TrainSpec(use_gpu=True), streaming=False, trials=4, nodes=[{"CPU": 4.0}]
+    )
+    assert res.cpus_per_worker <= 1.0
