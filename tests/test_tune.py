@@ -556,7 +556,7 @@ def test_more_gpu_workers_than_gpus_are_refused_naming_both():
     ):
         trial_resources(
             {"CPU": 12, "GPU": 2},
-            TrainSpec(use_gpu=True, num_workers=3),
+            TrainSpec(use_gpu=True, num_workers=3, batch_size=33),
             streaming=False,
             trials=4,
             nodes=SHIPPED,
