@@ -154,8 +154,15 @@ def materialize(ds) -> dict[str, np.ndarray]:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     """A batch as torch tensors on ``device`` (token and label columns as int64); tensors
-    already there pass through."""
-    return {k: _as_tensor(k, v).to(device, non_blocking=True) for k, v in batch.items()}
+    already there pass through. To a GPU from pinned memory: only then is the copy
+    asynchronous."""
+    out = {}
+    for k, v in batch.items():
+        t = _as_tensor(k, v)
+        if device.type == "cuda" and t.device.type == "cpu":
+            t = t.pin_memory().to(device, non_blocking=True)
+        out[k] = t.to(device)
+    return out
 
 
 def _class_weights(loss: LossSpec, stats: StatsSpec, counts: np.ndarray, keys: list[str]):
@@ -327,8 +334,11 @@ _LONG_COLUMNS = ("input_ids", "attention_mask", "label", "lex_idx")
 
 
 def _as_tensor(key: str, value) -> torch.Tensor:
-    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
-    return t.long() if key in _LONG_COLUMNS else t
+    """A batch column as a tensor; a read-only array (Arrow's zero-copy view) is copied, which
+    torch would otherwise warn about."""
+    if not isinstance(value, torch.Tensor):
+        value = torch.as_tensor(np.require(np.asarray(value), requirements="W"))
+    return value.long() if key in _LONG_COLUMNS else value
 
 
 def _map_loader(arrays: dict[str, np.ndarray], sampler: SamplerSpec, loop: _Loop):

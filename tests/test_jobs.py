@@ -179,3 +179,17 @@ def test_prepare_connects_to_a_cluster_given_by_address(tmp_path, trec50):
         for p in psutil.process_iter(["cmdline"]):
             if temp in " ".join(p.info["cmdline"] or []):
                 p.kill()
+
+
+def test_usage_names_the_command_as_it_was_called(capsys):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.pipeline", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m jobs.pipeline")
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert capsys.readouterr().out.startswith("usage: raybalance run")
