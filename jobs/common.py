@@ -164,8 +164,7 @@ def run_main(fn, argv: list[str] | None) -> int:
             err.print(f"  log: {route.path}")
         return 2
     except BaseException:
-        err.print_exception()  # on the terminal, not only in the log
-        _ended(route)
+        _ended(route)  # standard error is the terminal again: the traceback shows there
         err.print(f"  log: {route.path}")
         raise
     _ended(route)
