@@ -38,12 +38,14 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainSession:
-    """The loop inside a Ray Train V2 worker."""
+    """The loop inside a Ray Train V2 worker. ``storage``: the run's checkpoint folder (Ray
+    Train's experiment folder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: str | None = None) -> None:
         import ray.train
         import ray.train.torch
 
+        self.storage = storage
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -59,9 +61,23 @@ class TrainSession:
         return ray.train.get_dataset_shard(name)
 
     def checkpoint(self):
+        """Ray Train's latest checkpoint — or a later one persisted in ``storage`` that Train
+        had not registered when a worker died (a report is registered when the controller next
+        polls the workers: a death within that moment would redo an epoch)."""
         import ray.train
 
-        return ray.train.get_checkpoint()
+        registered = ray.train.get_checkpoint()
+        if self.storage is None or not os.path.isdir(self.storage):
+            return registered
+        have = len(_history(registered.path)) if registered is not None else 0
+        later = [
+            (n, path)
+            for path in sorted(os.listdir(self.storage))
+            if (n := len(_history(os.path.join(self.storage, path)))) > have
+        ]
+        if not later:
+            return registered
+        return ray.train.Checkpoint.from_directory(os.path.join(self.storage, max(later)[1]))
 
     def epoch_done(self, epoch: int, epochs: int, line: str) -> None:
         """Rank 0's line per epoch, in the worker's log."""
@@ -162,6 +178,22 @@ class LocalSession:
         if not self.kept:
             raise RuntimeError("training reported no checkpoint")
         return max(self.kept, key=lambda k: self._score(k[1]))
+
+
+def _history(folder: str) -> list[dict[str, Any]]:
+    """The history of a complete checkpoint folder (weights, optimizer state and history all
+    present), else []."""
+    import json
+
+    needed = ("history.json", "model", "train_state")
+    if not all(os.path.exists(os.path.join(folder, n)) for n in needed):
+        return []
+    try:
+        with open(os.path.join(folder, "history.json")) as f:
+            rows = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return rows if isinstance(rows, list) else []
 
 
 def kept_checkpoints(out: str) -> list[tuple[str, dict[str, Any]]]:

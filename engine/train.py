@@ -541,7 +541,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     """Ray Train's per-worker function."""
     from engine.session import TrainSession
 
-    run_loop(config, TrainSession())
+    run_loop(config, TrainSession(config.get("checkpoints")))
 
 
 def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
@@ -795,6 +795,7 @@ def fit(
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
+    config["checkpoints"] = join(out, "ray", "fit")  # Ray Train's experiment folder (_trainer)
     from ray.train import TrainingFailedError
 
     try:
@@ -880,6 +881,7 @@ def fit_in_process(
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
+    config["checkpoints"] = join(out, "ray", "fit")  # Ray Train's experiment folder (_trainer)
     use_gpu = spec.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     if not tune:  # a fresh run: no checkpoint of an earlier, abandoned one

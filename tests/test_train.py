@@ -119,6 +119,9 @@ def _exit_once(epoch: int, step: int, rank: int, marker: str):
     records that it did, so the restarted worker goes on)."""
 
     def hook(e: int, s: int, r: int) -> None:
+        if s == 0 and r == 0:  # where each epoch of rank 0 starts, across restarts
+            with open(marker + ".starts", "a") as f:
+                f.write(f"{e}\n")
         if (e, s, r) == (epoch, step, rank) and not os.path.exists(marker):
             with open(marker, "w") as f:
                 f.write(f"worker {r} exited at epoch {e} step {s}\n")
@@ -134,7 +137,14 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     marker = tmp_path / "died"
     result = fit(spec, step_hook=_exit_once(epoch=1, step=3, rank=1, marker=str(marker)))
     assert marker.exists()  # the worker really exited once
+    # resumed from the checkpoint after epoch 0: epoch 1 ran again, epoch 0 did not
+    starts = [int(x) for x in Path(str(marker) + ".starts").read_text().split()]
+    assert starts == [0, 1, 1, 2], starts
     history, model = _check_run(result, 3)
+    kept = [p for p in Path(result.run_dir, "train", "ray").rglob("checkpoint_*") if p.is_dir()]
+    # CheckpointConfig(num_to_keep=2), plus the one the restart resumed from when the worker
+    # died before Train had registered it (engine.session.TrainSession.checkpoint)
+    assert 1 <= len(kept) <= 3, kept
     _check_standardization(model, Path(result.run_dir) / "splits" / "train")  # materialized path
     # the checkpoints it resumed from hold no pickle: safetensors + JSON only
     files = [p for p in Path(result.run_dir).rglob("*") if p.is_file()]
