@@ -36,6 +36,7 @@ def _good() -> dict[str, list]:
         "f0": rng.normal(size=N).tolist(),
         "f1": rng.normal(size=N).tolist(),
         "when": [np.datetime64("2026-01-01", "s")] * N,
+        "vec": [[float(i % 7), 1.0] for i in range(N)],  # one fixed-length feature vector
     }
 
 
@@ -75,8 +76,9 @@ def _with(**changes):
     def build(folder: Path) -> Path:
         cols = {**_good(), **changes}
         fmt = cols.pop("_fmt", "parquet")
-        if fmt == "csv":
+        if fmt == "csv":  # CSV holds neither dates as such nor lists
             cols.pop("when")
+            cols.pop("vec")
         return _write(folder, cols, fmt)
 
     return build
@@ -104,6 +106,7 @@ CASES = [
     ("a single class", _with(label=[1] * N), [], ["holds a single class", "'label'"], False),
     ("NaN features", _with(f0=_nan_features()), ["data.text=null", "data.features=[f0,f1]", "model.kind=mlp"], ["1 of 60 rows have NaN", "f0: 1"], False),
     ("null texts", _with(text=[None] + _good()["text"][1:]), [], ["1 of 60 rows have a null text", "'text'"], False),
+    ("ragged feature vectors", _with(vec=[[0.5, 1.0]] * 59 + [[0.5]]), ["data.text=null", "data.features=vec", "model.kind=mlp"], ["feature vectors in 'vec' have different lengths", "[1, 2]"], False),
     ("label types differ across files", _mixed_types, [], ["different types across files"], False),
     ("a truncated file", _truncated, [], ["data.parquet"], False),
 ]  # fmt: skip
