@@ -561,6 +561,9 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
     history = _restore(loop, checkpoint) if checkpoint is not None else []
     train = loop.train
     for epoch in range(len(history), train.epochs):
+        # each epoch's random draws (dropout) from (seed, epoch): a run restored from a
+        # checkpoint draws what an uninterrupted one would
+        torch.manual_seed(train.seed * 1_000_003 + epoch)
         row = _train_epoch(loop, epoch, batches_of(epoch), config.get("step_hook"))
         history.append(row)
         tmp = None

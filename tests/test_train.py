@@ -354,3 +354,28 @@ def test_one_and_two_workers_train_the_same_samples_per_step(ray_local, digits, 
     assert rows[2]["samples_per_step"] <= 32 and rows[2]["train_loss"] > 0
     with pytest.raises(ValueError, match="not a multiple of train.num_workers=3"):
         _spec(digits, tmp_path / "run3", "train.num_workers=3")
+
+
+@pytest.mark.slow
+def test_a_restored_run_trains_the_same_weights_as_an_uninterrupted_one(
+    ray_local, digits, tmp_path
+):
+    """Two workers, map mode, dropout on: killed mid-epoch and restored, or run straight
+    through, or run again — the same weights (the sampler and dropout draw from seed and
+    epoch, and the restore takes the newest checkpoint)."""
+    extra = ("train.num_workers=2", "model.dropout=0.2", "train.max_failures=1")
+    runs = {}
+    for name, hook in (
+        ("straight", None),
+        ("again", None),
+        ("killed", _exit_once(epoch=1, step=3, rank=1, marker=str(tmp_path / "died"))),
+    ):
+        spec = _spec(digits, tmp_path / name, *extra)
+        prepare(spec)
+        runs[name] = fit(spec, step_hook=hook)
+    assert (tmp_path / "died").exists()
+    weights = {k: load_model(r.best_dir)[0].state_dict() for k, r in runs.items()}
+    for name in ("again", "killed"):
+        assert runs[name].best["epoch"] == runs["straight"].best["epoch"]
+        for key, value in weights["straight"].items():
+            assert torch.allclose(value, weights[name][key], atol=1e-6), (name, key)
