@@ -207,3 +207,21 @@ def test_labels_differing_in_case_or_spaces_are_warned(ray_local, tmp_path, caps
     err = capsys.readouterr().err
     assert "labels ' text block', 'Text Block', 'text block' differ only in case" in err
     assert "are 3 classes (10, 10, 30 rows)" in err
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_a_truncated_input_stops_train_and_run_before_any_worker(
+    ray_local, tmp_path, capsys, command
+):
+    """The input is checked by prepare's stats pass before training: no Train worker group, no
+    placement group, no run folder."""
+    import ray
+
+    before = set(ray.util.placement_group_table())
+    data = _truncated(tmp_path / "data")
+    args = _args(data, tmp_path / "runs" / "bad", [])
+    assert cli.main([command, *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert str(data / "data.parquet") in err
+    assert set(ray.util.placement_group_table()) == before
+    assert not (tmp_path / "runs").exists()
