@@ -1,9 +1,10 @@
 """Where the logs go: the terminal keeps the results, a log file keeps everything else.
 
     route = route_logs(verbose=False)      # before Ray starts
-    ray.init(**ray_init_options(verbose=False))
+    ray.init(**ray_init_options(route)); after_ray_init(route)
     ...
-    keep_logs(route, run_dir, "run")       # the command succeeded: RUN_DIR/logs/
+    unroute(route)                         # the command is over
+    keep_logs(route, RunDir(run_dir).logs, "run")   # it succeeded: RUN_DIR/logs/
 
 Quiet (the default): Ray's, Ray Data's, Tune's, Train's and the libraries' log records and
 Python warnings go to a log file only; the Ray workers' output stays in their session's log
@@ -166,16 +167,15 @@ def session_logs_dir() -> str | None:
         return None
 
 
-def keep_logs(route: LogRoute, run_dir: str | None, command: str) -> str | None:
-    """Move this command's log file into ``run_dir/logs/`` (when that folder is local and
-    exists) with the embedded Ray's session logs beside it, else delete it; returns where the
-    log is kept."""
-    unroute(route)
-    if run_dir is None or "://" in run_dir or not os.path.isdir(run_dir):
+def keep_logs(route: LogRoute, folder: str | None, command: str) -> str | None:
+    """After ``unroute``: move this command's log file into ``folder`` (a run's logs folder;
+    kept only when the run folder holding it is local and exists) with the embedded Ray's
+    session logs beside it, else delete it; returns where the log is kept."""
+    parent = os.path.dirname(folder) if folder else None
+    if folder is None or "://" in folder or not os.path.isdir(parent):
         os.remove(route.path)  # no run folder to keep it in (predict, stats without --out)
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(route.started))
-    folder = os.path.join(run_dir, "logs")
     os.makedirs(folder, exist_ok=True)
     dest = os.path.join(folder, f"{command}-{stamp}.log")
     shutil.move(route.path, dest)

@@ -35,6 +35,8 @@ import numpy as np
 
 from engine.io import exists, filesystem_and_path, is_uri, join, replace_dir, temp_dir_beside
 from engine.metrics import average_precision, classification_metrics, confusion, pr_curve
+from engine.stats import pyplot as _pyplot
+from engine.stats import tick_rotation
 from engine.thresholds import Thresholds, threshold_curve
 
 if TYPE_CHECKING:
@@ -255,20 +257,6 @@ def summary_rows(metrics: dict[str, Any], split: str = "test") -> list[dict[str,
 # plots (each returns PNG bytes, or None when there is nothing to draw)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from engine.stats import CJK_FONTS
-
-    plt.rcParams["font.family"] = ["sans-serif"]
-    fonts = plt.rcParams["font.sans-serif"]
-    plt.rcParams["font.sans-serif"] = [*CJK_FONTS, *(f for f in fonts if f not in CJK_FONTS)]
-    return plt
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # no Software tag: the page must not carry URLs, even inside image metadata
@@ -297,21 +285,11 @@ def _wide(k: int) -> float:
     return float(np.clip(0.22 * k + 2.5, 6.5, 12.4))
 
 
-def _rotation(labels: list[str], width_in: float, fontsize: float) -> tuple[float, str]:
-    """(rotation, horizontal alignment) that keeps class names from running into each other:
-    flat when every name fits its slot, slanted when a few do not, upright when many."""
-    slot_chars = width_in * 72 / max(len(labels), 1) / (0.6 * fontsize)
-    longest = max((len(c) for c in labels), default=0)
-    if longest <= slot_chars:
-        return 0, "center"
-    return (35, "right") if len(labels) <= 12 else (90, "center")
-
-
 def _tick_classes(ax, order: list[str]) -> None:
     k = len(order)
     fontsize = 7 if k > 30 else 8 if k > 12 else 9
     labels = [_plain(c, 28) for c in order]
-    rotation, ha = _rotation(labels, ax.figure.get_figwidth() * 0.8, fontsize)
+    rotation, ha = tick_rotation(labels, ax.figure.get_figwidth() * 0.8, fontsize)
     ax.set_xticks(np.arange(k))
     ax.set_xticklabels(labels, rotation=rotation, ha=ha, fontsize=fontsize)
     ax.set_xlim(-0.6, k - 0.4)
@@ -397,7 +375,7 @@ def _plot_confusion(inp: ReportInput, order: list[str]) -> bytes:
     im = ax.imshow(np.ma.masked_invalid(norm), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     fs = 6 if k > 30 else 7 if k > 12 else 9
     labels = [_plain(c, 28) for c in order]
-    rotation, ha = _rotation(labels, side * 0.7, fs)
+    rotation, ha = tick_rotation(labels, side * 0.7, fs)
     ax.set_xticks(np.arange(k))
     ax.set_yticks(np.arange(k))
     ax.set_xticklabels(labels, rotation=rotation, ha=ha, fontsize=fs)

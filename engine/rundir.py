@@ -61,6 +61,7 @@ SCORES = "scores.safetensors"
 PIPELINE = "pipeline.json"
 METRICS = "metrics.json"  # a trained folder's last write (train/, baseline/, trials)
 RESULTS = "results.parquet"  # tune/
+LOGS = "logs"  # each command's log file and the embedded Ray's session logs (engine.logs)
 LOCK = ".raybalance.lock"  # the writer that holds the folder (pid, host, command, since)
 
 
@@ -137,6 +138,10 @@ class RunDir:
     @property
     def train(self) -> str:
         return self.join(TRAIN)
+
+    @property
+    def logs(self) -> str:
+        return self.join(LOGS)
 
     @property
     def baseline(self) -> str:

@@ -333,6 +333,30 @@ LINEAR_UP_TO = 30  # a ratio above which the bars of the smallest classes need a
 CJK_FONTS = ["Noto Sans CJK JP", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Droid Sans Fallback"]
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, with ``CJK_FONTS`` first among the fonts (the
+    stats plot and the report's plots)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["font.family"] = ["sans-serif"]
+    fonts = plt.rcParams["font.sans-serif"]
+    plt.rcParams["font.sans-serif"] = [*CJK_FONTS, *(f for f in fonts if f not in CJK_FONTS)]
+    return plt
+
+
+def tick_rotation(labels: list[str], width_in: float, fontsize: float) -> tuple[float, str]:
+    """(rotation, horizontal alignment) that keeps class names from running into each other:
+    flat when every name fits its slot, slanted when a few do not, upright when many."""
+    slot_chars = width_in * 72 / max(len(labels), 1) / (0.6 * fontsize)
+    longest = max((len(c) for c in labels), default=0)
+    if longest <= slot_chars:
+        return 0, "center"
+    return (35, "right") if len(labels) <= 12 else (90, "center")
+
+
 def plot_class_distribution(
     series: dict[str, dict[str, int]],
     path: str,
@@ -346,16 +370,9 @@ def plot_class_distribution(
     """
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from engine.io import write_bytes_atomic
 
-    plt.rcParams["font.family"] = ["sans-serif"]
-    fonts = plt.rcParams["font.sans-serif"]
-    plt.rcParams["font.sans-serif"] = [*CJK_FONTS, *(f for f in fonts if f not in CJK_FONTS)]
+    plt = pyplot()
 
     first = next(iter(series.values()))
     order = sorted(first, key=lambda k: (-first[k], k))
@@ -377,13 +394,9 @@ def plot_class_distribution(
     ax.set_ylim(0.7 if log else 0, max(first.values()) * (3 if log else 1.15))
     ax.set_xticks(x)
     labels = [c if len(c) <= 28 else c[:27] + "…" for c in order]
-    slant = max(map(len, labels)) * 0.6 * 9 / 72 > fig.get_figwidth() * 0.8 / k
-    ax.set_xticklabels(
-        labels,
-        rotation=(90 if k > 12 else 35) if slant else 0,
-        ha="right" if slant and k <= 12 else "center",
-        fontsize=7 if k > 25 else 9,
-    )
+    fontsize = 7 if k > 25 else 9
+    rotation, ha = tick_rotation(labels, fig.get_figwidth() * 0.8, fontsize)
+    ax.set_xticklabels(labels, rotation=rotation, ha=ha, fontsize=fontsize)
     ax.set_ylabel("rows (log scale)" if log else "rows")
     ax.set_title(f"{title} — {k} classes, imbalance ratio {ratio:.3g}")
     if len(series) > 1:

@@ -81,6 +81,7 @@ from engine.session import LocalSession, TrainingFailed, error_line
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
+RAY_STORAGE, FIT_EXPERIMENT = "ray", "fit"  # Ray Train's storage in a trained folder, and run
 
 
 # --------------------------------------------------------------------------------------------
@@ -798,7 +799,7 @@ def fit(
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
-    config["checkpoints"] = join(out, "ray", "fit")  # Ray Train's experiment folder (_trainer)
+    config["checkpoints"] = join(out, RAY_STORAGE, FIT_EXPERIMENT)  # where _trainer's persist
     from ray.train import TrainingFailedError
 
     try:
@@ -884,7 +885,6 @@ def fit_in_process(
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
-    config["checkpoints"] = join(out, "ray", "fit")  # Ray Train's experiment folder (_trainer)
     use_gpu = spec.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
     if not tune:  # a fresh run: no checkpoint of an earlier, abandoned one
@@ -1021,8 +1021,8 @@ def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callback
             },
         ),
         run_config=RunConfig(
-            name="fit",
-            storage_path=join(out, "ray"),
+            name=FIT_EXPERIMENT,
+            storage_path=join(out, RAY_STORAGE),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=metric,

@@ -21,6 +21,7 @@ from engine.logs import (
     unroute,
 )
 from engine.progress import PROGRESS_LOGGER, ProgressHandler
+from engine.rundir import RunDir
 
 # Output that goes to a file or a job log is not cut to 80 columns.
 console = Console(highlight=False, soft_wrap=True)
@@ -31,6 +32,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # where this command's log file is kept when it succeeds (``spec_from_args`` or the job sets it)
 LOG_HOME: dict[str, str | None] = {"dir": None}
+ROUTE: dict[str, LogRoute | None] = {"route": None}  # this command's, set by setup_logging
 VIA_CLI = {"on": False}  # set by ``raybalance``: usage lines say "raybalance CMD"
 
 
@@ -80,7 +82,6 @@ def check_before_ray(spec: JobSpec, *, reads_data: bool = True) -> None:
     when the command reads the input (``reads_data``: prepare, run, or train/tune without
     prepared splits), the input's files, columns, label type and rows (``check_input``)."""
     from engine.prepare import check_input
-    from engine.rundir import RunDir
 
     if reads_data or RunDir(spec.run_dir).split_manifest() is None:
         check_input(spec)
@@ -112,9 +113,6 @@ def ray_started(where: str) -> None:
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     cpus = ray.cluster_resources().get("CPU", 0)
     err.print(f"raybalance: {where} ({nodes} node(s), {cpus:g} CPUs)")
-
-
-ROUTE: dict[str, LogRoute | None] = {"route": None}
 
 
 def setup_logging(verbose: bool) -> LogRoute:
@@ -168,7 +166,8 @@ def run_main(fn, argv: list[str] | None) -> int:
         err.print(f"  log: {route.path}")
         raise
     _ended(route)
-    keep_logs(route, LOG_HOME["dir"], fn.__module__.rpartition(".")[2])
+    home = LOG_HOME["dir"]
+    keep_logs(route, RunDir(home).logs if home else None, fn.__module__.rpartition(".")[2])
     return 0
 
 

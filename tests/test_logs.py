@@ -39,13 +39,17 @@ def test_the_log_is_kept_in_the_run_folder_or_removed(tmp_path):
     logging.getLogger("raybalance").info("kept")
     run = tmp_path / "run"
     run.mkdir()
-    kept = keep_logs(route, str(run), "prepare")
+    unroute(route)
+    kept = keep_logs(route, str(run / "logs"), "prepare")
     assert kept is not None and kept.startswith(str(run / "logs" / "prepare-"))
     assert "kept" in Path(kept).read_text()
     logging.captureWarnings(False)
 
     route = route_logs(verbose=False)
-    assert keep_logs(route, str(tmp_path / "absent"), "prepare") is None  # no folder: none made
+    unroute(route)
+    assert (
+        keep_logs(route, str(tmp_path / "absent" / "logs"), "prepare") is None
+    )  # no folder: none made
     assert not (tmp_path / "absent").exists()
     import os
 
