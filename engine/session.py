@@ -70,14 +70,10 @@ class TrainSession:
         if self.storage is None or not os.path.isdir(self.storage):
             return registered
         have = len(_history(registered.path)) if registered is not None else 0
-        later = [
-            (n, path)
-            for path in sorted(os.listdir(self.storage))
-            if (n := len(_history(os.path.join(self.storage, path)))) > have
-        ]
-        if not later:
+        later = last_complete([os.path.join(self.storage, p) for p in os.listdir(self.storage)])
+        if later is None or later[1] <= have:
             return registered
-        return ray.train.Checkpoint.from_directory(os.path.join(self.storage, max(later)[1]))
+        return ray.train.Checkpoint.from_directory(later[0])
 
     def epoch_done(self, epoch: int, epochs: int, line: str) -> None:
         """Rank 0's line per epoch, in the worker's log."""
@@ -180,13 +176,47 @@ class LocalSession:
         return max(self.kept, key=lambda k: self._score(k[1]))
 
 
-def _history(folder: str) -> list[dict[str, Any]]:
-    """The history of a complete checkpoint folder (weights, optimizer state and history all
-    present), else []."""
+CHECKPOINT_FILES = "checkpoint.json"  # {relative path: size} of every other file, written last
+
+
+def write_file_list(folder: str) -> None:
+    """``folder/checkpoint.json``: the size of every file in ``folder``. A checkpoint is
+    complete when all of them are there at those sizes — whatever order a copy to storage
+    wrote them in, so a copy cut short (a failed persist) is never taken for one."""
     import json
 
-    needed = ("history.json", "model", "train_state")
-    if not all(os.path.exists(os.path.join(folder, n)) for n in needed):
+    sizes = {}
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            path = os.path.join(dirpath, n)
+            sizes[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
+    with open(os.path.join(folder, CHECKPOINT_FILES), "w") as f:
+        json.dump(sizes, f)
+
+
+def is_complete(folder: str) -> bool:
+    """Whether every file ``folder/checkpoint.json`` lists is there at its size."""
+    import json
+
+    try:
+        with open(os.path.join(folder, CHECKPOINT_FILES)) as f:
+            sizes = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(sizes, dict) or "history.json" not in sizes:
+        return False
+    for rel, size in sizes.items():
+        path = os.path.join(folder, rel)
+        if not os.path.isfile(path) or os.path.getsize(path) != size:
+            return False
+    return True
+
+
+def _history(folder: str) -> list[dict[str, Any]]:
+    """The history of a complete checkpoint folder (``is_complete``), else []."""
+    import json
+
+    if not is_complete(folder):
         return []
     try:
         with open(os.path.join(folder, "history.json")) as f:
@@ -194,6 +224,30 @@ def _history(folder: str) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         return []
     return rows if isinstance(rows, list) else []
+
+
+def last_complete(folders: list[str]) -> tuple[str, int] | None:
+    """(folder, epochs) of the complete checkpoint with the longest history among
+    ``folders``; None when none is complete."""
+    found = [(len(h), f) for f in folders if (h := _history(f))]
+    if not found:
+        return None
+    epochs, folder = max(found)
+    return folder, epochs
+
+
+def remove_partial(storage: str) -> list[str]:
+    """Remove the checkpoint folders in ``storage`` that a failed persist left incomplete;
+    returns them."""
+    if not os.path.isdir(storage):
+        return []
+    gone = []
+    for name in sorted(os.listdir(storage)):
+        path = os.path.join(storage, name)
+        if name.startswith("checkpoint_") and os.path.isdir(path) and not is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
 
 
 def kept_checkpoints(out: str) -> list[tuple[str, dict[str, Any]]]:

@@ -77,7 +77,14 @@ from engine.models import (
     tokenize,
 )
 from engine.rundir import RunDir
-from engine.session import LocalSession, TrainingFailed, error_line
+from engine.session import (
+    LocalSession,
+    TrainingFailed,
+    error_line,
+    last_complete,
+    remove_partial,
+    write_file_list,
+)
 from engine.state import load_state, save_state
 
 log = logging.getLogger("raybalance")
@@ -530,6 +537,7 @@ def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]], where: str | Non
         )
     with open(os.path.join(tmp, "history.json"), "w") as f:
         json.dump(history, f)
+    write_file_list(tmp)
     return tmp
 
 
@@ -787,6 +795,7 @@ def fit(
     out_dir: str | None = None,
     callbacks: list[Any] | None = None,
     train_data: tuple[Any, np.ndarray] | None = None,
+    storage_filesystem: Any = None,
 ) -> TrainResult:
     """Train ``spec.model`` on the run's splits with Ray Train; export the best model.
 
@@ -795,6 +804,12 @@ def fit(
     ``TuneReportCallback``); ``train_data`` = (Source, class counts) replaces the run's train
     split (a trial with its own resampling). ``step_hook(epoch, step, rank)`` runs in every
     worker before each step (tests inject faults with it; it is shipped to the workers).
+    ``storage_filesystem`` (a ``pyarrow.fs.FileSystem``) is what Ray Train persists the
+    checkpoints through (Ray's ``RunConfig(storage_filesystem=)``); default: the local one.
+
+    A checkpoint that fails to persist fails its worker: Train restarts the workers (up to
+    ``train.max_failures``) from the last complete checkpoint, and the folder the failed copy
+    left is removed when the run ends.
     """
     run, out = _fit_folders(spec, out_dir, overwrite)
     config, datasets = loop_inputs(spec, run, train_data)
@@ -803,11 +818,14 @@ def fit(
     from ray.train import TrainingFailedError
 
     try:
-        result = _trainer(spec, out, config, datasets, callbacks).fit()
+        trainer = _trainer(spec, out, config, datasets, callbacks, storage_filesystem)
+        result = trainer.fit()
     except TrainingFailedError as e:
         raise TrainingFailed(_failure_line(e, spec, out)) from e
     if result.error is not None:
         raise TrainingFailed(_failure_line(result.error, spec, out)) from result.error
+    for path in remove_partial(config["checkpoints"]):
+        log.warning("train: removed %s, a checkpoint whose copy to storage failed", path)
     best_dir, history, best = export_best(result, spec, out)
     return TrainResult(run.path, best_dir, history, best)
 
@@ -829,18 +847,13 @@ def _failure_line(error: BaseException, spec: JobSpec, out: str) -> str:
 
 
 def _last_checkpoint(out: str) -> tuple[str, int] | None:
-    """(folder, epochs) of the checkpoint with the longest history under ``out/ray``."""
+    """(folder, epochs) of the complete checkpoint with the longest history under ``out/ray``
+    (or ``out/checkpoints``, in-process)."""
     import glob
 
-    best = None
-    found = glob.glob(os.path.join(out, "ray", "*", "checkpoint_*", "history.json"))
-    found += glob.glob(os.path.join(out, "checkpoints", "epoch-*", "history.json"))
-    for path in found:
-        with open(path) as f:
-            epochs = len(json.load(f))
-        if best is None or epochs > best[1]:
-            best = (os.path.dirname(path), epochs)
-    return best
+    found = glob.glob(os.path.join(out, "ray", "*", "checkpoint_*"))
+    found += glob.glob(os.path.join(out, "checkpoints", "epoch-*"))
+    return last_complete(found)
 
 
 def _fit_folders(spec: JobSpec, out_dir: str | None, overwrite: bool) -> tuple[RunDir, str]:
@@ -1004,7 +1017,9 @@ def resolved_model(spec: JobSpec) -> ModelSpec:
     return replace(model, standardize=spec.data.features is not None)
 
 
-def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callbacks):
+def _trainer(
+    spec: JobSpec, out: str, config: dict[str, Any], datasets, callbacks, storage_filesystem=None
+):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -1023,6 +1038,7 @@ def _trainer(spec: JobSpec, out: str, config: dict[str, Any], datasets, callback
         run_config=RunConfig(
             name=FIT_EXPERIMENT,
             storage_path=join(out, RAY_STORAGE),
+            storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=metric,

@@ -156,6 +156,124 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     assert model(x).shape == (2, 10)
 
 
+def _storage_failing_once(marker: str):
+    """A local filesystem for Ray Train's checkpoints whose copy of the second checkpoint
+    fails with ENOSPC after one of its files was written (a real partial folder on disk);
+    ``marker`` records the folder, so the retried copy goes through. Built in a function so
+    that it is shipped to the worker by value."""
+    import errno
+
+    import pyarrow.fs as pafs
+
+    class Handler(pafs.FileSystemHandler):
+        def __init__(self):
+            self.fs = pafs.LocalFileSystem()
+
+        def __getattr__(self, name):  # the rest of the handler: LocalFileSystem's own
+            return getattr(self.fs, name)
+
+        def __reduce__(self):
+            return (Handler, ())
+
+        def __eq__(self, other):
+            return isinstance(other, Handler)
+
+        def __ne__(self, other):
+            return not self == other
+
+        def get_type_name(self):
+            return "failing-local"
+
+        def normalize_path(self, path):
+            return self.fs.normalize_path(path)
+
+        def get_file_info(self, paths):
+            return self.fs.get_file_info(paths)
+
+        def get_file_info_selector(self, selector):
+            return self.fs.get_file_info(selector)
+
+        def create_dir(self, path, recursive):
+            self.fs.create_dir(path, recursive=recursive)
+
+        def delete_dir(self, path):
+            self.fs.delete_dir(path)
+
+        def delete_dir_contents(self, path, missing_dir_ok=False):
+            self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+        def delete_root_dir_contents(self):
+            raise OSError("refused")
+
+        def delete_file(self, path):
+            self.fs.delete_file(path)
+
+        def move(self, src, dest):
+            self.fs.move(src, dest)
+
+        def copy_file(self, src, dest):
+            self.fs.copy_file(src, dest)
+
+        def open_input_stream(self, path):
+            return self.fs.open_input_stream(path)
+
+        def open_input_file(self, path):
+            return self.fs.open_input_file(path)
+
+        def open_append_stream(self, path, metadata):
+            return self.fs.open_append_stream(path, metadata=metadata)
+
+        def open_output_stream(self, path, metadata):
+            parts = path.split("/")
+            folder = next((p for p in parts if p.startswith("checkpoint_")), None)
+            if folder is not None and not os.path.exists(marker):
+                root = path[: path.index(folder) + len(folder)]
+                seen = os.path.dirname(root)
+                ckpts = sorted(p for p in os.listdir(seen) if p.startswith("checkpoint_"))
+                written = [f for _, _, fs in os.walk(root) for f in fs]
+                if ckpts.index(folder) == 1 and written:
+                    with open(marker, "w") as f:
+                        f.write(root)
+                    raise OSError(errno.ENOSPC, "No space left on device (injected)", path)
+            return self.fs.open_output_stream(path, metadata=metadata)
+
+    return pafs.PyFileSystem(Handler())
+
+
+def _record_starts(marker: str):
+    def hook(e: int, s: int, r: int) -> None:
+        if s == 0 and r == 0:
+            with open(marker + ".starts", "a") as f:
+                f.write(f"{e}\n")
+
+    return hook
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_fails_to_persist_restarts_from_the_last_complete_one(
+    ray_local, digits, tmp_path
+):
+    from engine.session import is_complete
+
+    spec = _spec(digits, tmp_path / "run", "train.num_workers=1", "train.max_failures=1")
+    prepare(spec)
+    marker = tmp_path / "failed"
+    result = fit(
+        spec,
+        step_hook=_record_starts(str(marker)),
+        storage_filesystem=_storage_failing_once(str(marker)),
+    )
+    partial = Path(marker.read_text())  # the copy really failed, halfway
+    assert partial.name.startswith("checkpoint_")
+    # the epoch whose checkpoint failed ran again, from the last complete checkpoint
+    starts = [int(x) for x in Path(str(marker) + ".starts").read_text().split()]
+    assert starts == [0, 1, 1, 2], starts
+    _check_run(result, 3)
+    assert not partial.exists()  # the half-written folder is gone
+    kept = sorted(p for p in partial.parent.glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2 and all(is_complete(str(p)) for p in kept), kept  # num_to_keep=2
+
+
 @pytest.mark.slow
 def test_train_command_prepares_then_fine_tunes_a_transformer(ray_local, tmp_path, capsys):
     data = tmp_path / "trec6"
