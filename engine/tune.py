@@ -70,7 +70,8 @@ spec and the resolved space), ``trials/<trial_id>/`` (each trial's ``fit`` outpu
 start), and ``results.parquet`` / ``results.csv`` written at the end (one row per trial: id,
 status, attempts, the knobs, the best epoch's val metrics, epochs run, ``best_dir``, error).
 Rerunning an interrupted search with the same spec restores it (``Tuner.restore``): finished
-trials are not run again, unfinished and errored ones are, and a trial's own Train run resumes
+trials are not run again, unfinished ones are, an errored one gets one more attempt (Tune
+keeps its failure count: its retries were spent), and a trial's own Train run resumes
 from its last checkpoint; a trial whose ``fit`` had finished but that Tune had not yet recorded
 reports its saved metrics instead of training again. Tune copies its experiment state to
 storage every ``SYNC_PERIOD_S`` (its default, 300 s, would forget minutes of finished trials).

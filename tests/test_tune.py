@@ -493,6 +493,49 @@ def test_a_killed_search_resumes_without_rerunning_finished_trials(digits, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.integration
+def test_a_resumed_search_reruns_its_errored_trial_and_only_it(digits, tmp_path, ray_env):
+    """Killed after one trial errored past its retries ('majority' cannot over-sample) and
+    one finished: the rerun restores the search (``resume_errored``), gives the errored trial
+    one more attempt (Tune keeps its failure count), does not run the finished one again, and
+    finishes the rest."""
+    run = tmp_path / "run"
+    cmd = _job(
+        "jobs.tune",
+        digits,
+        run,
+        "resample.method=random_over",
+        "tune.num_samples=1",
+        "tune.max_failures=1",
+        "tune.scheduler=fifo",
+        "tune.max_concurrent_trials=1",
+        "tune.search_space={resample.sampling_strategy: {grid: [majority, auto, {power: 0.5}]}}",
+    )
+
+    def errored_and_finished() -> bool:
+        states = set(_tune_statuses(run).values())
+        return {"ERROR", "TERMINATED"} <= states
+
+    kill_when(cmd, ROOT, ray_env, tmp_path / "first.log", errored_and_finished, what="an error")
+    statuses = _tune_statuses(run)
+    errored = [t for t, s in statuses.items() if s == "ERROR"]
+    finished = [t for t, s in statuses.items() if s == "TERMINATED"]
+    assert len(errored) == 1 and finished and not (run / "tune/results.parquet").exists()
+    assert _attempts(run, errored[0]) == 2  # the first try and its one retry
+
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_parquet(run / "tune/results.parquet")
+    attempts = dict(zip(table["trial_id"], table["attempts"]))
+    assert len(table) == 3 and set(attempts) == set(statuses)
+    assert attempts[errored[0]] == 3 and _attempts(run, errored[0]) == 3  # ran once more
+    assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
+    row = table[table["trial_id"] == errored[0]].iloc[0]
+    assert row["status"] == "error" and "cannot be used with over-sampler" in row["error"]
+    assert (table[table["trial_id"] != errored[0]]["status"] == "completed").all()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("budget", [None, 2.0])
 def test_the_time_budget_stops_starting_trials_and_lets_running_ones_finish(
     ray_local, tmp_path, budget
