@@ -10,6 +10,7 @@ Layout and trust rules: see ``engine.ensemble``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import platform
@@ -30,7 +31,79 @@ FORMAT = "raybalance-ensemble/1"
 MODEL_FORMAT = "raybalance-model/1"  # one trained model folder (train/best, a trial's best)
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
+SIGNATURE = "signature.json"  # HMAC-SHA256 of manifest.json under the user's key
+KEY_ENV = "RAYBALANCE_ARTIFACT_KEY_FILE"  # a file holding that key
 ALLOWED_SUFFIXES = (".json", ".safetensors", ".txt")  # weights, configs, tokenizer vocab
+
+
+# --------------------------------------------------------------------------------------------
+# signing: the manifest (which holds every other file's hash) under a key the user holds
+
+
+def artifact_key() -> bytes | None:
+    """The key in the file ``$RAYBALANCE_ARTIFACT_KEY_FILE``; None when the variable is unset."""
+    path = os.environ.get(KEY_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"{KEY_ENV}={path}: cannot read the key ({e.strerror})") from None
+    if len(key) < 16:
+        raise ValueError(
+            f"{KEY_ENV}={path}: the key has {len(key)} byte(s); use at least 16 random bytes "
+            f"(e.g. `openssl rand -hex 32 > {path}`)"
+        )
+    return key
+
+
+def _mac(key: bytes, manifest: bytes) -> str:
+    return hmac.new(key, manifest, hashlib.sha256).hexdigest()
+
+
+def sign_manifest(folder: str, key: bytes | None = None) -> bool:
+    """Write ``folder/signature.json`` — the HMAC-SHA256 of ``folder/manifest.json`` under
+    ``key`` (default: ``artifact_key()``); returns whether it signed (no key: nothing)."""
+    key = key if key is not None else artifact_key()
+    if key is None:
+        return False
+    with open(os.path.join(folder, MANIFEST), "rb") as f:
+        body = f.read()
+    sig = {
+        "alg": "hmac-sha256",
+        "manifest_sha256": hashlib.sha256(body).hexdigest(),
+        "hmac": _mac(key, body),
+    }
+    tmp = os.path.join(folder, SIGNATURE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(sig, f, indent=2)
+    os.replace(tmp, os.path.join(folder, SIGNATURE))
+    return True
+
+
+def check_signature(folder: str, key: bytes) -> None:
+    """That ``folder/manifest.json`` is signed with ``key``, else a ValueError saying why."""
+    path = os.path.join(folder, SIGNATURE)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{folder} is not signed, and {KEY_ENV} is set: only artifacts signed with that "
+            f"key are used. Rebuild it with the key set, or sign a folder you trust with "
+            f"`raybalance sign {folder}`"
+        )
+    try:
+        with open(path) as f:
+            mac = json.load(f).get("hmac")
+    except (OSError, ValueError, AttributeError):
+        mac = None
+    with open(os.path.join(folder, MANIFEST), "rb") as f:
+        body = f.read()
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _mac(key, body)):
+        raise ValueError(
+            f"{os.path.join(folder, MANIFEST)} does not match {SIGNATURE} under the key in "
+            f"{KEY_ENV}: the manifest was changed after it was signed, or another key signed "
+            "it — rebuild the artifact"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,6 +220,7 @@ def write_artifact(
         }
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2, allow_nan=False)
+        sign_manifest(tmp)
         replace_dir(fs, tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -174,12 +248,19 @@ def write_model_manifest(
         "embed": asdict(embed) if embed is not None else None,
         "trained_as": trained_as,
         "max_length": max_length,
-        "files": {p: sha256_file(os.path.join(folder, p)) for p in _files(folder) if p != MANIFEST},
+        "files": {
+            p: sha256_file(os.path.join(folder, p))
+            for p in _files(folder)
+            if p not in (MANIFEST, SIGNATURE)
+        },
     }
     tmp = os.path.join(folder, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=2, allow_nan=False)
+    if os.path.exists(os.path.join(folder, SIGNATURE)):  # never beside another manifest
+        os.remove(os.path.join(folder, SIGNATURE))
     os.replace(tmp, os.path.join(folder, MANIFEST))
+    sign_manifest(folder)
 
 
 def artifact_from_model(path: str, out_dir: str) -> str:
@@ -252,12 +333,17 @@ def manifest_format(path: str) -> str | None:
     return manifest.get("format") if isinstance(manifest, dict) else None
 
 
-def verify_artifact(path: str, format: str = FORMAT) -> dict[str, Any]:
+def verify_artifact(path: str, format: str = FORMAT, *, signed: bool = True) -> dict[str, Any]:
     """Check ``path`` against its manifest without loading anything else; returns it.
+
+    With ``$RAYBALANCE_ARTIFACT_KEY_FILE`` set, the manifest must also carry a valid
+    signature under that key (``check_signature``; ``signed=False`` skips it, to sign): without
+    one, whoever can write the folder can rewrite the manifest and its hashes together.
 
     Raises:
         ValueError: no manifest, another format, a file of a refused kind (e.g. a pickle), a
-            file the manifest does not list, a listed file missing, or a hash mismatch.
+            file the manifest does not list, a listed file missing, a hash mismatch, or (with
+            a key) a missing or wrong signature.
     """
     mpath = os.path.join(path, MANIFEST)
     if not os.path.exists(path):
@@ -272,13 +358,16 @@ def verify_artifact(path: str, format: str = FORMAT) -> dict[str, Any]:
             manifest = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"{mpath} is not valid JSON ({e}); rebuild the artifact") from None
+    key = artifact_key() if signed else None
+    if key is not None:
+        check_signature(path, key)
     if not isinstance(manifest, dict) or manifest.get("format") != format:
         got = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(f"{mpath}: format {got!r} is not {format!r}; rebuild the artifact")
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise ValueError(f"{mpath} lists no file hashes; rebuild the artifact")
-    present = [p for p in _files(path) if p != MANIFEST]
+    present = [p for p in _files(path) if p not in (MANIFEST, SIGNATURE)]
     refused = [p for p in present if not p.endswith(ALLOWED_SUFFIXES)]
     if refused:
         raise ValueError(

@@ -5,6 +5,7 @@ raybalance prepare [CONFIG] [--set KEY=VALUE]... [--address ADDR]
 raybalance tune [CONFIG] [--set KEY=VALUE]... [--address ADDR] [--overwrite]
 raybalance run [CONFIG] [--set KEY=VALUE]... [--address ADDR] [--overwrite]
 raybalance predict ARTIFACT DATA --out OUT [--keep COL]... [--overwrite]
+raybalance sign ARTIFACT
 raybalance datasets make NAME --out DIR
 """
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "tune": ("jobs.tune", "search the imbalance knobs with Ray Tune (resumes when interrupted)"),
     "run": ("jobs.pipeline", "the whole pipeline: prepare, baseline, tune, ensemble, report"),
     "predict": ("jobs.predict", "predict a dataset with an ensemble artifact (Ray Data)"),
+    "sign": ("jobs.sign", "sign an artifact with the key in $RAYBALANCE_ARTIFACT_KEY_FILE"),
     "datasets": ("jobs.datasets", "write a real imbalanced dataset as Parquet"),
 }
 
