@@ -118,27 +118,30 @@ def key_histogram(
 
 @dataclass(frozen=True)
 class Cuts:
-    """Per class c and cut j (0: train|val, 1: val|test): a row is above cut j when its bucket is
-    >= ``above[c, j]``; it is pending when its bucket == ``pending[c, j]`` (-1: none)."""
+    """Per class c and cut j (two cuts for a split: 0 train|val, 1 val|test; k-1 for k folds):
+    a row is above cut j when its bucket is >= ``above[c, j]``; it is pending when its bucket
+    == ``pending[c, j]`` (-1: none)."""
 
     bits: int
-    above: np.ndarray  # (K, 2) int64
-    pending: np.ndarray  # (K, 2) int64
-    ranks: np.ndarray  # (K, 2) int64: the cut ranks
+    above: np.ndarray  # (K, J) int64
+    pending: np.ndarray  # (K, J) int64
+    ranks: np.ndarray  # (K, J) int64: the cut ranks
     before: np.ndarray  # (K, 2^B) int64: rows of the class in lower buckets
 
 
 def find_cuts(hist: np.ndarray, counts: np.ndarray, bits: int) -> Cuts:
-    """Locate the bucket of every cut rank from the per-class bucket histogram."""
+    """Locate the bucket of every cut rank from the per-class bucket histogram; ``counts``
+    (K, J+1) are the rows of each class on each side, in key order."""
     k = len(counts)
     h = hist.reshape(k, 1 << bits)
     cum = np.cumsum(h, axis=1)
     before = cum - h
-    ranks = np.stack([counts[:, 0], counts[:, 0] + counts[:, 1]], axis=1)
-    above = np.zeros((k, 2), dtype=np.int64)
-    pending = np.full((k, 2), -1, dtype=np.int64)
+    ranks = np.cumsum(np.asarray(counts, dtype=np.int64)[:, :-1], axis=1)
+    cuts = ranks.shape[1]
+    above = np.zeros((k, cuts), dtype=np.int64)
+    pending = np.full((k, cuts), -1, dtype=np.int64)
     for c in range(k):
-        for j in range(2):
+        for j in range(cuts):
             r = ranks[c, j]
             b = int(np.searchsorted(cum[c], r, side="right"))
             if b >= h.shape[1] or before[c, b] == r:
@@ -222,11 +225,15 @@ class SplitWriters:
 
 
 def assign(cls: np.ndarray, keys: np.ndarray, cuts: Cuts) -> tuple[np.ndarray, np.ndarray]:
-    """Split index (0 train, 1 val, 2 test) per row, and a mask of rows left for the driver."""
+    """Side index (split 0 train, 1 val, 2 test; or fold) per row, and a mask of rows left for
+    the driver."""
     bucket = (keys >> np.uint64(64 - cuts.bits)).astype(np.int64)
-    split = (bucket >= cuts.above[cls, 0]).astype(np.int8) + (bucket >= cuts.above[cls, 1])
-    pend = (bucket == cuts.pending[cls, 0]) | (bucket == cuts.pending[cls, 1])
-    return split, pend
+    side = np.zeros(len(keys), dtype=np.int8)
+    pend = np.zeros(len(keys), dtype=bool)
+    for j in range(cuts.above.shape[1]):
+        side += bucket >= cuts.above[cls, j]
+        pend |= bucket == cuts.pending[cls, j]
+    return side, pend
 
 
 def resolve_pending(pending: pa.Table, cuts: Cuts) -> np.ndarray:
@@ -253,7 +260,9 @@ def resolve_pending(pending: pa.Table, cuts: Cuts) -> np.ndarray:
     idx = np.arange(len(order))
     first = np.maximum.accumulate(np.where(group_start, idx, 0))
     rank = cuts.before[cls_s, bucket] + (idx - first)
-    split_sorted = (rank >= cuts.ranks[cls_s, 0]).astype(np.int8) + (rank >= cuts.ranks[cls_s, 1])
+    split_sorted = np.zeros(len(rank), dtype=np.int8)
+    for j in range(cuts.ranks.shape[1]):
+        split_sorted += rank >= cuts.ranks[cls_s, j]
     split = np.empty_like(split_sorted)
     split[order] = split_sorted
     return split
