@@ -132,6 +132,8 @@ SPLIT_SPEC = SplitSpec(val=0.1, test=0.2, seed=0)
 ORDER = ("a", "b1", "b2", "e", "d", "c1", "c2", "f")  # in the table
 KEY_CHUNK = 1 << 21  # rows per row_keys call in the reference (bounds its temporaries)
 RESAMPLE_HEADING = "resampling"  # subsection "### <rows> rows: resampling"
+API_HEADING = "Dataset API"  # subsection "### <rows> rows: Dataset API"
+API_METHOD = "combined"  # the resampling the Dataset API steps run
 # method -> (engine method, strategy kind, sampling_strategy). Oversampling with power 0.58 takes
 # the 20M-row data to 29,770,883 rows (the size the goal's pyarrow figure was measured at).
 RESAMPLE: dict[str, tuple[str, str, Any]] = {
@@ -184,6 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="imbalanced-learn on the first N rows only (default: all)",
     )
     p.add_argument("--skip-spark", action="store_true", help="leave out (s), Spark")
+    p.add_argument(
+        "--dataset-api",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the Dataset API steps (k)-(q), in their own subsection",
+    )
     p.add_argument("--spark-memory", default="4g", help="spark.driver.memory")
     p.add_argument("--skip-row-hash", action="store_true", help="no engine undersample by row hash")
     p.add_argument(
@@ -902,9 +910,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    checks, rchecks = Checks(), Checks()
+    checks, rchecks, achecks = Checks(), Checks(), Checks()
     steps: list[Step] = []
     rsteps: list[Step] = []
+    asteps: list[Step] = []
     source = resolve_source(str(args.dir))
     schema = read_schema(source)
     spec_label = DataSpec(path=str(args.dir), label="label")
@@ -940,6 +949,9 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
             if args.prep:
                 ray_data_steps(args, files, rows, steps, counts)
+            if args.dataset_api:
+                dataset_api_steps(args, files, source, schema, cols_id, res, class_counts, work,
+                                  asteps, achecks)  # fmt: skip
         finally:
             ray.shutdown()
         if args.resample:
@@ -1040,6 +1052,31 @@ def main(argv: list[str] | None = None) -> int:
             )
             update_results(args.results, f"### {rows:,} rows: {RESAMPLE_HEADING}", body)
             print(f"wrote {args.results} ({rows:,} rows: {RESAMPLE_HEADING})")
+    if args.dataset_api:
+        table = table_markdown(asteps)
+        print()
+        print(table)
+        print()
+        failed |= achecks.failed or any(s.error for s in asteps if s.key in ("k1", "l", "m"))
+        if args.results:
+            body = "\n".join(
+                [
+                    *head,
+                    f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`; split "
+                    f"val=0.1, test=0.2, seed=0; resampling {RESAMPLE[API_METHOD][0]} "
+                    f"{json.dumps(RESAMPLE[API_METHOD][2])}, seed {RESAMPLE_SEED}; identity = id",
+                    cache,
+                    load_line,
+                    "",
+                    table,
+                    "",
+                    "Checks:",
+                    "",
+                    *[f"- {line}" for line in achecks.lines],
+                ]
+            )
+            update_results(args.results, f"### {rows:,} rows: {API_HEADING}", body)
+            print(f"wrote {args.results} ({rows:,} rows: {API_HEADING})")
     return 1 if failed else 0
 
 
@@ -1137,6 +1174,154 @@ def ray_data_steps(args, files, rows, steps, counts) -> None:
             f.notes.append(f"train {n_train:,} + test {n_test:,}")
             if n_train + n_test != rows:
                 f.notes.append(f"rows lost: {rows - n_train - n_test:,}")
+
+
+def _write_parts(parts: dict[str, Any], out: Path) -> None:
+    """Each lazy Dataset of ``parts`` executed and written as Parquet under ``out/<name>``."""
+    for name, ds in parts.items():
+        ds.write_parquet(str(out / name))
+
+
+def _ids_by_part(out: Path, names) -> dict[str, np.ndarray]:
+    return {n: np.sort(pq.read_table(out / n, columns=["id"])["id"].to_numpy()) for n in names}
+
+
+def ray_data_resample(files: list[str], targets: dict[Any, int], out: str) -> int:
+    """What Ray Data offers for per-class resampling: one filter + ``random_sample`` per class
+    (fraction t/n; it samples without replacement, so a class cannot grow: kept whole)."""
+    import ray
+
+    ds = ray.data.read_parquet(files)
+    counts = ray_data_counts(files)
+    parts = []
+    for lab, t in targets.items():
+        one = ds.filter(expr=f"label == {lab}")
+        frac = t / counts[lab]
+        parts.append(one.random_sample(frac, seed=RESAMPLE_SEED) if frac < 1 else one)
+    merged = parts[0].union(*parts[1:])
+    merged.write_parquet(out)
+    return pads.dataset(out).count_rows()
+
+
+def dataset_api_steps(
+    args, files, source, schema, cols_id, res, class_counts, work: Path, steps, checks
+) -> None:
+    """Steps (k)-(q): the Dataset API (engine.ray_data) against the file path on the same data,
+    and Ray Data's own operators; every Dataset output executed and written as Parquet."""
+    import ray
+
+    from engine import ray_data as rb
+    from engine.split import split
+
+    rows = args.rows
+    k = Step("k1", "(k) file path: engine split, identity = id", None, rows)
+    steps.append(k)
+    fout = work / "api-file-split"
+    timed(
+        k,
+        lambda: split(
+            source, cols_id, res.stats.label_map, res.summary.counts, SPLIT_SPEC, str(fout),
+            schema=schema,
+        ),
+    )  # fmt: skip
+    file_ids = _ids_by_part(fout, SPLITS) if not k.error else None
+    shutil.rmtree(fout, ignore_errors=True)
+
+    l1 = Step("l", "(l) Dataset API: class_stats(read_parquet)", None, rows)
+    steps.append(l1)
+    stats = timed(l1, lambda: rb.class_stats(ray.data.read_parquet(files), "label"))
+    if stats is not None:
+        got = dict(zip(stats.label_map.labels, stats.counts))
+        checks(got == class_counts, "Dataset API class_stats counts == pyarrow's")
+
+    m = Step("m", "(m) Dataset API: stratified_split + write_parquet ×3, identity = id", "k1", rows)
+    steps.append(m)
+    aout = work / "api-split"
+
+    def api_split() -> None:
+        parts = rb.stratified_split(
+            ray.data.read_parquet(files), "label", val=SPLIT_SPEC.val, test=SPLIT_SPEC.test,
+            seed=SPLIT_SPEC.seed, id="id",
+        )  # fmt: skip
+        _write_parts({"train": parts.train, "val": parts.val, "test": parts.test}, aout)
+
+    timed(m, api_split)
+    if not m.error:
+        ids = _ids_by_part(aout, SPLITS)
+        for name in SPLITS:
+            t = pq.read_table(aout / name, columns=["label"])
+            want = {
+                lab: c[SPLITS.index(name)]
+                for lab, n in class_counts.items()
+                if (c := split_counts(n, SPLIT_SPEC.val, SPLIT_SPEC.test))[SPLITS.index(name)]
+            }
+            checks(pyarrow_counts_of(t["label"]) == want, f"Dataset API {name}: exact counts")
+            if file_ids is not None:
+                checks(
+                    np.array_equal(ids[name], file_ids[name]),
+                    f"Dataset API {name}: the same {len(ids[name]):,} ids as the file path (k)",
+                )
+    shutil.rmtree(aout, ignore_errors=True)
+
+    engine_method, _, strategy = RESAMPLE[API_METHOD]
+    targets = resample_targets(API_METHOD, class_counts)
+    o = Step("o", f"(o) file path: engine {engine_method}, identity = id", None, rows)
+    steps.append(o)
+    rout = work / "api-file-res"
+    by_key = {str(lab): n for lab, n in class_counts.items()}
+    timed(
+        o,
+        lambda: engine_resample(
+            source, cols_id, res.stats.label_map, by_key, schema, API_METHOD, str(rout)
+        ),
+    )
+    file_res = None if o.error else np.sort(pq.read_table(rout / "train", columns=["id"])["id"])
+    shutil.rmtree(rout, ignore_errors=True)
+    p = Step("p", f"(p) Dataset API: resample {engine_method} + write_parquet", "o", rows)
+    steps.append(p)
+    pout = work / "api-res"
+
+    def api_resample() -> None:
+        r = rb.resample(
+            ray.data.read_parquet(files), "label", method=engine_method,
+            sampling_strategy=strategy, seed=RESAMPLE_SEED, id="id",
+        )  # fmt: skip
+        _write_parts({"train": r.dataset}, pout)
+
+    timed(p, api_resample)
+    if not p.error:
+        t = pq.read_table(pout / "train", columns=["id", "label"])
+        checks(pyarrow_counts_of(t["label"]) == targets, "Dataset API resample: counts == targets")
+        if file_res is not None:
+            same = np.array_equal(np.sort(t["id"].to_numpy()), np.asarray(file_res))
+            checks(same, f"Dataset API resample: the same {t.num_rows:,} rows as the file path")
+        p.out_rows = t.num_rows
+    shutil.rmtree(pout, ignore_errors=True)
+
+    if not args.skip_ray_split:
+        f = Step("q1", "(q) Ray Data train_test_split(0.2, stratify)", "k1", rows)
+        steps.append(f)
+        got = timed(f, lambda: ray_data_split(files))
+        f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
+        if got is not None:
+            f.notes.append(f"train {got[0]:,} + test {got[1]:,}")
+    q = Step("q2", "(q) Ray Data per class: filter + random_sample(t/n), union", "o", rows)
+    steps.append(q)
+    qout = work / "api-ray-res"
+    n_out = timed(q, lambda: ray_data_resample(files, targets, str(qout)))
+    if n_out is not None:
+        err, worst = count_error_rows(str(qout), targets)
+        q.notes.append(
+            f"{n_out:,} rows vs {sum(targets.values()):,} targeted; Σ|got − target| = {err:,}, "
+            f"max per class {worst:.1%}; cannot oversample (no replacement)"
+        )
+    shutil.rmtree(qout, ignore_errors=True)
+
+
+def count_error_rows(out: str, targets: dict[Any, int]) -> tuple[int, float]:
+    return count_error(
+        pyarrow_counts_of(pads.dataset(out).to_table(columns=["label"])["label"]), targets
+    )
 
 
 def resample_ray_steps(
