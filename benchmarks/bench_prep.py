@@ -853,6 +853,11 @@ def section_intro() -> str:
     )
 
 
+def section_body(lines: list[str], table: str, checks: Checks) -> str:
+    """A results subsection: the header lines, the table, the checks."""
+    return "\n".join([*lines, "", table, "", "Checks:", "", *[f"- {c}" for c in checks.lines]])
+
+
 def update_results(path: Path, heading: str, body: str) -> None:
     """Put ``body`` under ``heading`` (``### <rows> rows...``) in the section."""
 
@@ -991,21 +996,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         failed |= checks.failed or any(s.error for s in steps if s.key != "f")
         if args.results:
-            body = "\n".join(
-                [
-                    *head,
-                    f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`, "
-                    "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0",
-                    cache,
-                    load_line,
-                    "",
-                    table,
-                    "",
-                    "Checks:",
-                    "",
-                    *[f"- {line}" for line in checks.lines],
-                ]
+            ray_line = (
+                f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`, "
+                "`RAY_DATA_PARQUET_FOOTER_NUM_ACTORS=2`; split spec val=0.1, test=0.2, seed=0"
             )
+            body = section_body([*head, ray_line, cache, load_line], table, checks)
             update_results(args.results, f"### {rows:,} rows", body)
             print(f"wrote {args.results} ({rows:,} rows)")
     if args.resample:
@@ -1059,22 +1054,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
         failed |= achecks.failed or any(s.error for s in asteps if s.key in ("k1", "l", "m"))
         if args.results:
-            body = "\n".join(
-                [
-                    *head,
-                    f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`; split "
-                    f"val=0.1, test=0.2, seed=0; resampling {RESAMPLE[API_METHOD][0]} "
-                    f"{json.dumps(RESAMPLE[API_METHOD][2])}, seed {RESAMPLE_SEED}; identity = id",
-                    cache,
-                    load_line,
-                    "",
-                    table,
-                    "",
-                    "Checks:",
-                    "",
-                    *[f"- {line}" for line in achecks.lines],
-                ]
+            ray_line = (
+                f"- Ray: `ray.init(num_cpus={args.num_cpus}, include_dashboard=False)`; split "
+                f"val=0.1, test=0.2, seed=0; resampling {RESAMPLE[API_METHOD][0]} "
+                f"{json.dumps(RESAMPLE[API_METHOD][2])}, seed {RESAMPLE_SEED}; identity = id"
             )
+            body = section_body([*head, ray_line, cache, load_line], table, achecks)
             update_results(args.results, f"### {rows:,} rows: {API_HEADING}", body)
             print(f"wrote {args.results} ({rows:,} rows: {API_HEADING})")
     return 1 if failed else 0

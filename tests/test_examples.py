@@ -15,6 +15,7 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # whole scripts in their own processes, as the other end-to-end jobs
 @pytest.mark.parametrize(
     "script",
     ["ddp_balanced_sampler.py", "hf_trainer_balanced.py", "ray_train_own_loop.py"],

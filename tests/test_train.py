@@ -114,14 +114,23 @@ def _check_standardization(model, train_dir: Path) -> None:
     assert (model.scale.numpy()[~varies] == 1).all()
 
 
+def _record_starts(marker: str):
+    def hook(e: int, s: int, r: int) -> None:
+        if s == 0 and r == 0:
+            with open(marker + ".starts", "a") as f:
+                f.write(f"{e}\n")
+
+    return hook
+
+
 def _exit_once(epoch: int, step: int, rank: int, marker: str):
     """A step hook that makes worker ``rank`` exit at (``epoch``, ``step``) once (``marker``
     records that it did, so the restarted worker goes on)."""
 
+    record = _record_starts(marker)
+
     def hook(e: int, s: int, r: int) -> None:
-        if s == 0 and r == 0:  # where each epoch of rank 0 starts, across restarts
-            with open(marker + ".starts", "a") as f:
-                f.write(f"{e}\n")
+        record(e, s, r)  # where each epoch of rank 0 starts, across restarts
         if (e, s, r) == (epoch, step, rank) and not os.path.exists(marker):
             with open(marker, "w") as f:
                 f.write(f"worker {r} exited at epoch {e} step {s}\n")
@@ -238,15 +247,6 @@ def _storage_failing_once(marker: str):
             return self.fs.open_output_stream(path, metadata=metadata)
 
     return pafs.PyFileSystem(Handler())
-
-
-def _record_starts(marker: str):
-    def hook(e: int, s: int, r: int) -> None:
-        if s == 0 and r == 0:
-            with open(marker + ".starts", "a") as f:
-                f.write(f"{e}\n")
-
-    return hook
 
 
 @pytest.mark.slow
