@@ -197,3 +197,27 @@ def fit_combination(
         nll(y_val, temperature_scale(p, t)),
         [float(x) for x in ts],
     )
+
+
+def contributions(
+    y: np.ndarray, probas: Sequence[np.ndarray], fit: Combination, criterion: str = "macro_f1"
+) -> list[float]:
+    """What each member adds: the ensemble's ``decision_score`` (argmax decisions) minus that
+    of the ensemble without the member (the others' fitted weights renormalized, every
+    temperature kept). Positive: the ensemble is better with it. NaN for one member or no
+    rows."""
+    m = len(probas)
+    if m < 2 or len(y) == 0:
+        return [float("nan")] * m
+    ts = fit.member_temperatures or [1.0] * m
+    full = decision_score(y, combine(probas, fit.weights, fit.temperature, ts), criterion)
+    out = []
+    for i in range(m):
+        rest = [j for j in range(m) if j != i]
+        w = [fit.weights[j] for j in rest]
+        if sum(w) <= 0:  # the others carry no weight: without this member, nothing is left
+            out.append(float("nan"))
+            continue
+        p = combine([probas[j] for j in rest], w, fit.temperature, [ts[j] for j in rest])
+        out.append(full - decision_score(y, p, criterion))
+    return out

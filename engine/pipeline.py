@@ -212,6 +212,7 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
             fitted.member_temperatures,
         )
     thresholds = fit_thresholds(y_val, scores["val"].proba["ensemble"], spec.thresholds)
+    added = {s: _contributions(spec, scores[s], members, fitted) for s in splits}
     info = {
         "candidates": candidates,
         "selection": spec.ensemble.selection,
@@ -221,8 +222,10 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
                 "kind": m.trained_as or m.kind,
                 "source": m.source,
                 metric: m.val_metric,
+                "weight": w,
+                "contribution": {s: added[s][i] for s in splits},
             }
-            for m in members
+            for i, (m, w) in enumerate(zip(members, fitted.weights))
         ],
         "weights": fitted.weights,
         "member_temperatures": fitted.member_temperatures,
@@ -244,6 +247,18 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     names = ["baseline", *(c["name"] for c in candidates), "ensemble"]
     _save_scores(run.scores, scores, names)
     return info
+
+
+def _contributions(spec: JobSpec, scored, members: list[Any], fitted) -> list[float | None]:
+    """Per member, the ensemble's argmax macro-F1 (or the search's decision metric) on a split
+    minus the ensemble's without it (``engine.combining.contributions``); None where undefined
+    (one member)."""
+    from engine.combining import CRITERIA, contributions
+
+    criterion = CRITERIA.get(spec.tune.metric, "macro_f1")
+    probas = [scored.proba[m.name] for m in members]
+    got = contributions(scored.y, probas, fitted, criterion)
+    return [float(x) if np.isfinite(x) else None for x in got]
 
 
 def _is_num(v: Any) -> bool:

@@ -760,6 +760,36 @@ def _summary(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> N
     )
     if metrics["val"]:
         page.body.append("<h3>On val</h3>" + _summary_table(metrics["val"], "val"))
+    members = (metrics.get("ensemble") or {}).get("members") or []
+    if len(members) > 1:
+        page.body.append("<h3>The ensemble's members</h3>" + _members_table(members))
+
+
+def _members_table(members: list[dict[str, Any]]) -> str:
+    """Per member: kind, source, weight, and what the ensemble loses without it."""
+    rows = []
+    for m in members:
+        added = m.get("contribution") or {}
+        cells = "".join(f"<td>{_signed(added.get(s))}</td>" for s in ("val", "test"))
+        rows.append(
+            f'<tr><td class="l">{_e(m.get("name"))}</td><td class="l">{_e(m.get("kind"))}</td>'
+            f'<td class="l">{_e(m.get("source"))}</td><td>{_fmt(m.get("weight"))}</td>{cells}</tr>'
+        )
+    return (
+        '<div class="scroll"><table class="summary" id="table-members"><thead><tr>'
+        '<th class="l">member</th><th class="l">kind</th><th class="l">from</th><th>weight</th>'
+        "<th>added on val</th><th>added on test</th></tr></thead><tbody>"
+        + "".join(rows)
+        + '</tbody></table></div><p class="small">Added: the ensemble\'s macro-F1 (argmax '
+        "decisions, before thresholds) minus that of the ensemble without the member, the other "
+        "members' weights renormalized. Val chose the members and weights; the test column only "
+        "reports.</p>"
+    )
+
+
+def _signed(x: Any) -> str:
+    v = _num(x)
+    return "—" if math.isnan(v) else f"{v:+.3f}"
 
 
 def _distribution(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> None:

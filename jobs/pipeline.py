@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     ens = m.get("ensemble", {})
-    members = ", ".join(f"{x['name']} {x['kind']}" for x in ens.get("members", []))
+    members = ", ".join(_member(x) for x in ens.get("members", []))
     console.print(f"  ensemble: {members}; temperature {ens.get('temperature', 1.0):.2f}")
     for note in m.get("notes", []):
         console.print(f"[yellow]  note:[/] {note}", markup=True)
@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> None:
         f"  artifact: {result.run_dir}/ensemble (raybalance predict ARTIFACT DATA --out OUT)"
     )
     console.print(f"      time: {time.perf_counter() - t0:.0f} s")
+
+
+def _member(m: dict) -> str:
+    """``m1 linear (+0.031 val)``: a member, its kind and what the ensemble loses without it."""
+    added = (m.get("contribution") or {}).get("val")
+    return f"{m['name']} {m['kind']}" + (f" ({added:+.3f} val)" if added is not None else "")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,13 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
     assert 1 <= len(manifest["members"]) <= 2 and manifest["members"][0]["name"] == "m1"
     assert metrics["ensemble"]["members"] == info["members"]
     html = (run / "report" / "report.html").read_text()
+    # what each member adds: recorded, printed with the member line, shown in the report
+    for m in info["members"]:
+        assert set(m["contribution"]) == {"val", "test"} and 0 <= m["weight"] <= 1
+        if len(info["members"]) > 1:
+            assert -1 <= m["contribution"]["val"] <= 1
+            assert f"{m['name']} {m['kind']} ({m['contribution']['val']:+.3f} val)" in out
+    assert ('id="table-members"' in html) == (len(info["members"]) > 1)
     assert "<img" in html and 'src="http' not in html and "best tuned model" in html
     assert (run / "report" / "per_class_f1.png").stat().st_size > 1000
     state = json.loads((run / "pipeline.json").read_text())

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -466,3 +467,23 @@ if __name__ == "__main__":
     for k in (2, 12, 50):
         paths = write_report(synthetic_input(k, absent=k - 2 if k > 2 else None), f"{out}/k{k}")
         print(paths["html"])
+
+
+def test_the_members_table_shows_what_each_member_adds(tmp_path):
+    from dataclasses import replace
+
+    members = [
+        {"name": "m1", "kind": "linear", "source": "trial a", "weight": 0.6,
+         "contribution": {"val": 0.031, "test": -0.004}},
+        {"name": "m2", "kind": "gbdt", "source": "trial <b>", "weight": 0.4,
+         "contribution": {"val": None, "test": 0.012}},
+    ]  # fmt: skip
+    inp = replace(synthetic_input(3, tune=False), extra={"ensemble": {"members": members}})
+    html = Path(write_report(inp, str(tmp_path / "r"))["html"]).read_text()
+    table = html[html.index('id="table-members"') : html.index("</table>", html.index("members"))]
+    assert "+0.031" in table and "-0.004" in table and "+0.012" in table and "—" in table
+    assert "trial &lt;b&gt;" in table and "linear" in table and "0.600" in table
+    one = replace(inp, extra={"ensemble": {"members": members[:1]}})
+    assert (
+        'id="table-members"' not in Path(write_report(one, str(tmp_path / "s"))["html"]).read_text()
+    )
