@@ -1188,6 +1188,26 @@ def ray_data_resample(files: list[str], targets: dict[Any, int], out: str) -> in
     return pads.dataset(out).count_rows()
 
 
+def _check_api_split(step, out: Path, class_counts, file_ids, checks, how: str) -> None:
+    """A Dataset API split's exactness and its rows against the file path's; removes ``out``."""
+    if not step.error:
+        ids = _ids_by_part(out, SPLITS)
+        for s, name in enumerate(SPLITS):
+            t = pq.read_table(out / name, columns=["label"])
+            want = {
+                lab: c[s]
+                for lab, n in class_counts.items()
+                if (c := split_counts(n, SPLIT_SPEC.val, SPLIT_SPEC.test))[s]
+            }
+            checks(pyarrow_counts_of(t["label"]) == want, f"Dataset API{how} {name}: exact counts")
+            if file_ids is not None:
+                checks(
+                    np.array_equal(ids[name], file_ids[name]),
+                    f"Dataset API{how} {name}: the same {len(ids[name]):,} ids as the file path",
+                )
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def dataset_api_steps(
     args, files, source, schema, cols_id, res, class_counts, work: Path, steps, checks
 ) -> None:
@@ -1231,22 +1251,19 @@ def dataset_api_steps(
         _write_parts({"train": parts.train, "val": parts.val, "test": parts.test}, aout)
 
     timed(m, api_split)
-    if not m.error:
-        ids = _ids_by_part(aout, SPLITS)
-        for name in SPLITS:
-            t = pq.read_table(aout / name, columns=["label"])
-            want = {
-                lab: c[SPLITS.index(name)]
-                for lab, n in class_counts.items()
-                if (c := split_counts(n, SPLIT_SPEC.val, SPLIT_SPEC.test))[SPLITS.index(name)]
-            }
-            checks(pyarrow_counts_of(t["label"]) == want, f"Dataset API {name}: exact counts")
-            if file_ids is not None:
-                checks(
-                    np.array_equal(ids[name], file_ids[name]),
-                    f"Dataset API {name}: the same {len(ids[name]):,} ids as the file path (k)",
-                )
-    shutil.rmtree(aout, ignore_errors=True)
+    _check_api_split(m, aout, class_counts, file_ids, checks, "")
+    m2 = Step("m2", "(m) the same, materialize=True (keyed once, outputs filter)", "k1", rows)
+    steps.append(m2)
+
+    def api_split_materialized() -> None:
+        parts = rb.stratified_split(
+            ray.data.read_parquet(files), "label", val=SPLIT_SPEC.val, test=SPLIT_SPEC.test,
+            seed=SPLIT_SPEC.seed, id="id", materialize=True,
+        )  # fmt: skip
+        _write_parts({"train": parts.train, "val": parts.val, "test": parts.test}, aout)
+
+    timed(m2, api_split_materialized)
+    _check_api_split(m2, aout, class_counts, file_ids, checks, " (materialized)")
 
     engine_method, _, strategy = RESAMPLE[API_METHOD]
     targets = resample_targets(API_METHOD, class_counts)

@@ -69,6 +69,7 @@ __all__ = [
 
 FINE_BITS = 16  # pass 1 counts keys in 2^16 buckets per class; coarser ones are sums of these
 _TAGS = ["__cls", "__key", "__id"]
+SIDE = "__side"  # materialized outputs: each row's split or fold
 
 
 @dataclass(frozen=True)
@@ -288,18 +289,40 @@ def _with_rows(ds, table: pa.Table | None):
     return ds.union(ray.data.from_arrow(table))
 
 
-def _part(ds, quota: _Quota, pending, keep: tuple[int, ...]):
-    """The lazy Dataset of the rows on sides ``keep``."""
+def _part(ds, quota: _Quota, pending, keep: tuple[int, ...], tagged: bool = False):
+    """The lazy Dataset of the rows on sides ``keep`` (``tagged``: ``ds`` is ``_source``'s
+    materialized rows, and this is a filter on their tag)."""
     rows, sides = pending
-    part = ds.map_batches(
-        _side_rows,
-        fn_kwargs={"quota": quota, "keep": keep},
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-    )
+    if tagged:
+        fn, kw = _tagged_rows, {"keep": keep}
+    else:
+        fn, kw = _side_rows, {"quota": quota, "keep": keep}
+    part = ds.map_batches(fn, fn_kwargs=kw, batch_format="pyarrow", zero_copy_batch=True)
     if rows is None:
         return part
     return _with_rows(part, rows.filter(pa.array(np.isin(sides, keep))).drop_columns(_TAGS))
+
+
+def _tag_sides(table: pa.Table, quota: _Quota) -> pa.Table:
+    """The rows that are not on a cut, with their side as column ``__side``."""
+    table, _, _, _, side, pend = quota.sides(table)
+    return table.filter(pa.array(~pend)).append_column(SIDE, pa.array(side[~pend]))
+
+
+def _tagged_rows(table: pa.Table, keep: tuple[int, ...]) -> pa.Table:
+    mask = pc.is_in(table[SIDE], value_set=pa.array(keep, type=pa.int8()))
+    return table.filter(mask).drop_columns([SIDE])
+
+
+def _source(ds, quota: _Quota, materialize: bool):
+    """What the outputs read: ``ds`` itself (each output keys every row again), or — with
+    ``materialize`` — ``ds`` keyed once, tagged with each row's side and held in the object
+    store (spilled to disk past its size), which the outputs only filter."""
+    if not materialize:
+        return ds
+    return ds.map_batches(
+        _tag_sides, fn_kwargs={"quota": quota}, batch_format="pyarrow", zero_copy_batch=True
+    ).materialize()
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,10 +338,13 @@ def stratified_split(
     seed: int = 0,
     id: str | None = None,
     drop_null_labels: bool = False,
+    materialize: bool = False,
 ) -> Splits:
     """An exact stratified train/val/test split of ``ds`` (see the module docstring): two
     passes, then three lazy Datasets. ``id``: a column of unique row ids used as each row's
-    identity (default: the hash of the whole row)."""
+    identity (default: the hash of the whole row). ``materialize``: key the rows once more now
+    and hold them in the object store, so that the three outputs only filter them (instead of
+    each reading and keying the input again)."""
     spec = SplitSpec(val=val, test=test, seed=seed)
 
     def quotas_of(lm, n):
@@ -327,7 +353,8 @@ def stratified_split(
     quota, lm, _, q, _, _, pending = _keyed(
         ds, label, id, seed, "split", drop_null_labels, quotas_of
     )
-    parts = [_part(ds, quota, pending, (s,)) for s in range(3)]
+    src = _source(ds, quota, materialize)
+    parts = [_part(src, quota, pending, (s,), materialize) for s in range(3)]
     counts = {
         name: dict(zip(lm.keys, (int(x) for x in q[:, s])))
         for s, name in enumerate(("train", "val", "test"))
@@ -355,18 +382,22 @@ def stratified_kfold(
     seed: int = 0,
     id: str | None = None,
     drop_null_labels: bool = False,
+    materialize: bool = False,
 ) -> KFold:
     """Exact stratified k-fold of ``ds``: the folds partition the rows, each class spread over
-    them within one row (``fold_counts``); fold i's (train, val) are lazy Datasets."""
+    them within one row (``fold_counts``); fold i's (train, val) are lazy Datasets.
+    ``materialize``: as ``stratified_split``'s (2k outputs read the input otherwise)."""
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"k={k!r}: k-fold needs an integer k >= 2")
     quota, lm, _, q, _, _, pending = _keyed(
         ds, label, id, seed, "kfold", drop_null_labels, lambda lm, n: (fold_counts(n, k), None)
     )
+    src = _source(ds, quota, materialize)
     folds = []
     for i in range(k):
         rest = tuple(j for j in range(k) if j != i)
-        folds.append((_part(ds, quota, pending, rest), _part(ds, quota, pending, (i,))))
+        train = _part(src, quota, pending, rest, materialize)
+        folds.append((train, _part(src, quota, pending, (i,), materialize)))
     counts = [dict(zip(lm.keys, (int(x) for x in q[:, i]))) for i in range(k)]
     return KFold(folds, counts, lm)
 

@@ -107,6 +107,21 @@ def test_the_split_of_a_dataset_is_the_file_paths_whatever_the_blocks(
     assert _rows(other.val.to_pandas()) != _rows(expected["val"])  # the seed matters
 
 
+def test_materialized_outputs_hold_the_same_rows_as_lazy_ones(ray_local, frame, files):
+    ds = ray_local.data.read_parquet(str(files))
+    lazy = rb.stratified_split(ds, "label", seed=3)
+    kept = rb.stratified_split(ds, "label", seed=3, materialize=True)
+    for s in ("train", "val", "test"):
+        got = getattr(kept, s).to_pandas()
+        assert list(got.columns) == ["x", "k", "label"]  # no tag column left
+        assert _rows(got) == _rows(getattr(lazy, s).to_pandas())
+    folds = rb.stratified_kfold(ds, "label", k=3, materialize=True)
+    plain = rb.stratified_kfold(ds, "label", k=3)
+    for (t1, v1), (t2, v2) in zip(folds.folds, plain.folds):
+        assert _rows(v1.to_pandas()) == _rows(v2.to_pandas())
+        assert _rows(t1.to_pandas()) == _rows(t2.to_pandas())
+
+
 def test_a_split_by_an_id_column_keeps_rows_with_their_ids(ray_local, frame):
     df = frame.assign(id=np.arange(N))
     a = rb.stratified_split(ray_local.data.from_pandas(df), "label", id="id", seed=0)
