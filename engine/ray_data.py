@@ -27,8 +27,9 @@ Guarantees (the same as the file path — ``raybalance prepare`` — which runs 
   workers; the same rows as ``raybalance prepare`` picks from the same data and seed.
 - **Memory.** Nothing gathers a class. Two passes read the input (per-class key histograms;
   then the few rows whose keys fall on a cut, about 2·N/2^B, which the driver ranks exactly);
-  the outputs are lazy ``Dataset``s that read the input once more each when consumed (call
-  ``ds.materialize()`` first when the input pipeline is expensive). Rows come out in no
+  the outputs are lazy ``Dataset``s that read and key the input once more each when consumed;
+  ``materialize=True`` (splits, folds) instead keys it once more at the call and holds the rows,
+  tagged, in the object store (spilled to disk past its size), and the outputs only filter them. Rows come out in no
   particular order; resampled rows carry ``sample_id``, ``source_id``, ``copy_index`` and
   ``synthetic`` (see ``engine.resample``).
 
