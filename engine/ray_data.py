@@ -29,9 +29,9 @@ Guarantees (the same as the file path — ``raybalance prepare`` — which runs 
   then the few rows whose keys fall on a cut, about 2·N/2^B, which the driver ranks exactly);
   the outputs are lazy ``Dataset``s that read and key the input once more each when consumed;
   ``materialize=True`` (splits, folds) instead keys it once more at the call and holds the rows,
-  tagged, in the object store (spilled to disk past its size), and the outputs only filter them. Rows come out in no
-  particular order; resampled rows carry ``sample_id``, ``source_id``, ``copy_index`` and
-  ``synthetic`` (see ``engine.resample``).
+  tagged, in the object store (spilled to disk past its size), and the outputs only filter them.
+  Rows come out in no particular order; resampled rows carry ``sample_id``, ``source_id``,
+  ``copy_index`` and ``synthetic`` (see ``engine.resample``).
 
 The SMOTE family needs a class's feature vectors in one place: use the file path
 (``raybalance prepare --set resample.method=smote``) or ``engine.smote`` on your arrays.
@@ -172,14 +172,13 @@ def _histograms(
     nulls = 0
     kw = {"cols": cols, "seed": seed, "stream": stream, "bits": bits}
     for batch in _collect(ds, _fine_histogram, **kw):
-        labels = batch["label"].to_pylist()
+        labels = batch["label"]
         buckets = batch["bucket"].to_numpy()
         n = batch["bucket_count"].to_numpy()
-        for lab, b, c in zip(labels, buckets, n):
-            if lab is None:
-                nulls += int(c)
-                continue
-            per_label.setdefault(lab, np.zeros(1 << bits, dtype=np.int64))[b] += int(c)
+        nulls += int(n[pc.is_null(labels).to_numpy(zero_copy_only=False)].sum())
+        for lab in pc.unique(labels.drop_null()).to_pylist():  # (label, bucket) pairs are unique
+            mask = pc.equal(labels, lab).fill_null(False).to_numpy(zero_copy_only=False)
+            per_label.setdefault(lab, np.zeros(1 << bits, dtype=np.int64))[buckets[mask]] += n[mask]
     if nulls and not drop_null:
         raise ValueError(
             f"{nulls} row(s) of the Dataset have no label in column {cols.label!r}; fill or "
