@@ -1142,6 +1142,18 @@ def prep_steps(args, files, source, cols_id, cols_hash, work: Path, steps, check
     return res
 
 
+def ray_split_step(key: str, tag: str, ref: str, files, rows: int, steps) -> Step:
+    """Ray Data's own stratified split, timed; ``out_rows``: the rows it returned."""
+    f = Step(key, f"{tag} Ray Data train_test_split(0.2, stratify)", ref, rows)
+    steps.append(f)
+    got = timed(f, lambda: ray_data_split(files))
+    f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
+    if got is not None:
+        f.notes.append(f"train {got[0]:,} + test {got[1]:,}")
+        f.out_rows = got[0] + got[1]
+    return f
+
+
 def ray_data_steps(args, files, rows, steps, counts) -> None:
     """Steps (e) and (f): Ray Data's own operators, last (their actors linger)."""
     e = Step("e", "(e) Ray Data read_parquet(label).groupby.count", "a", rows)
@@ -1150,15 +1162,9 @@ def ray_data_steps(args, files, rows, steps, counts) -> None:
     if got is not None:
         counts["e"] = got
     if not args.skip_ray_split:
-        f = Step("f", "(f) Ray Data train_test_split(0.2, stratify)", "d", rows)
-        steps.append(f)
-        split_rows = timed(f, lambda: ray_data_split(files))
-        f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
-        if split_rows is not None:
-            n_train, n_test = split_rows
-            f.notes.append(f"train {n_train:,} + test {n_test:,}")
-            if n_train + n_test != rows:
-                f.notes.append(f"rows lost: {rows - n_train - n_test:,}")
+        f = ray_split_step("f", "(f)", "d", files, rows, steps)
+        if f.out_rows is not None and f.out_rows != rows:
+            f.notes.append(f"rows lost: {rows - f.out_rows:,}")
 
 
 def _write_parts(parts: dict[str, Any], out: Path) -> None:
@@ -1301,12 +1307,7 @@ def dataset_api_steps(
     shutil.rmtree(pout, ignore_errors=True)
 
     if not args.skip_ray_split:
-        f = Step("q1", "(q) Ray Data train_test_split(0.2, stratify)", "k1", rows)
-        steps.append(f)
-        got = timed(f, lambda: ray_data_split(files))
-        f.notes.append("2-way, int(n·0.2) per class in block order, not exact")
-        if got is not None:
-            f.notes.append(f"train {got[0]:,} + test {got[1]:,}")
+        ray_split_step("q1", "(q)", "k1", files, rows, steps)
     q = Step("q2", "(q) Ray Data per class: filter + random_sample(t/n), union", "o", rows)
     steps.append(q)
     qout = work / "api-ray-res"
