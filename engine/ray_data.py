@@ -15,7 +15,7 @@ random resampling of a ``ray.data.Dataset`` — from ``read_parquet``, ``read_cs
     TorchTrainer(loop, datasets={"train": train}, ...)           # get_dataset_shard("train")
 
 Guarantees (the same as the file path — ``raybalance prepare`` — which runs on the same core,
-``engine.quota`` and ``engine.resample.plan`` / ``expand``):
+``engine.quota`` and ``engine.resample``'s targets, copy plan and ``expand``):
 
 - **Exact counts.** Each class of n rows gets exactly ``engine.split.split_counts`` rows per
   split (every count within one row of n·f, summing to n); folds differ by at most one row per
@@ -51,11 +51,10 @@ from engine.config import DataSpec, ResampleSpec, SplitSpec, StatsSpec
 from engine.data import Columns, LabelMap, label_kind, normalize_labels, resolve_columns
 from engine.hashing import seeded
 from engine.quota import Cuts, assign, bucket_bits, find_cuts, resolve_pending, row_identity
-from engine.resample import KIND, expand, output_schema, plan
+from engine.resample import class_targets, expand, output_schema
 from engine.split import split_counts
 from engine.stats import ClassStats
 from engine.stats import class_stats as _class_stats
-from engine.strategy import describe, resolve_targets
 
 __all__ = [
     "KFold",
@@ -259,21 +258,36 @@ def _gather_pending(ds, quota: _Quota) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive") if tables else None
 
 
-def _keyed(ds, label, id, seed, stream, drop_null, quotas_of):
-    """The keyed quota over ``ds``: ``quotas_of(label map, counts)`` gives ((K, J+1) rows per
-    side in key order, anything else); returns (quota, label map, counts, quotas, what else
-    ``quotas_of`` gave, the input schema, (pending rows, their exact sides))."""
-    cols, schema = _columns(ds, label, id)
-    lm, fine, _ = _histograms(ds, cols, schema, seed, stream, FINE_BITS, drop_null)
+@dataclass(frozen=True)
+class _Counted:
+    """Pass 1's outcome: the columns, the label map and each class's key histogram at the
+    file path's resolution (``bucket_bits``)."""
+
+    cols: Columns
+    lm: LabelMap
+    hist: np.ndarray  # (K, 2^bits)
+    bits: int
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.hist.sum(axis=1)
+
+
+def _count(ds, cols: Columns, schema: pa.Schema, seed: int, stream: str, drop: bool) -> _Counted:
+    """Pass 1 of a keyed quota over ``ds`` (``drop``: rows without a label left out)."""
+    lm, fine, _ = _histograms(ds, cols, schema, seed, stream, FINE_BITS, drop)
     bits = bucket_bits(len(lm))
-    hist = fine.reshape(len(lm), 1 << bits, -1).sum(axis=2)
-    counts = hist.sum(axis=1)
-    quotas, other = quotas_of(lm, counts)
-    quotas = np.asarray(quotas, dtype=np.int64)
-    quota = _Quota(cols, lm, seed, stream, find_cuts(hist.ravel(), quotas, bits))
+    return _Counted(cols, lm, fine.reshape(len(lm), 1 << bits, -1).sum(axis=2), bits)
+
+
+def _place(ds, counted: _Counted, seed: int, stream: str, quotas) -> tuple[_Quota, Any]:
+    """Pass 2 for ``quotas`` ((K, J+1) rows of each class per side, in key order): the quota
+    every batch applies, and (the rows on a cut, their exact sides)."""
+    cuts = find_cuts(counted.hist.ravel(), np.asarray(quotas, dtype=np.int64), counted.bits)
+    quota = _Quota(counted.cols, counted.lm, seed, stream, cuts)
     pending = _gather_pending(ds, quota)
-    sides = resolve_pending(pending.drop_columns(["__id"]), quota.cuts) if pending else None
-    return quota, lm, counts, quotas, other, schema, (pending, sides)
+    sides = resolve_pending(pending.drop_columns(["__id"]), cuts) if pending else None
+    return quota, (pending, sides)
 
 
 def _side_rows(table: pa.Table, quota: _Quota, keep: tuple[int, ...]) -> pa.Table:
@@ -346,13 +360,10 @@ def stratified_split(
     and hold them in the object store, so that the three outputs only filter them (instead of
     each reading and keying the input again)."""
     spec = SplitSpec(val=val, test=test, seed=seed)
-
-    def quotas_of(lm, n):
-        return [split_counts(int(x), spec.val, spec.test) for x in n], None
-
-    quota, lm, _, q, _, _, pending = _keyed(
-        ds, label, id, seed, "split", drop_null_labels, quotas_of
-    )
+    counted = _count(ds, *_columns(ds, label, id), seed, "split", drop_null_labels)
+    q = np.array([split_counts(int(x), spec.val, spec.test) for x in counted.counts])
+    quota, pending = _place(ds, counted, seed, "split", q)
+    lm = counted.lm
     src = _source(ds, quota, materialize)
     parts = [_part(src, quota, pending, (s,), materialize) for s in range(3)]
     counts = {
@@ -389,9 +400,10 @@ def stratified_kfold(
     ``materialize``: as ``stratified_split``'s (2k outputs read the input otherwise)."""
     if not isinstance(k, int) or k < 2:
         raise ValueError(f"k={k!r}: k-fold needs an integer k >= 2")
-    quota, lm, _, q, _, _, pending = _keyed(
-        ds, label, id, seed, "kfold", drop_null_labels, lambda lm, n: (fold_counts(n, k), None)
-    )
+    counted = _count(ds, *_columns(ds, label, id), seed, "kfold", drop_null_labels)
+    q = fold_counts(counted.counts, k)
+    quota, pending = _place(ds, counted, seed, "kfold", q)
+    lm = counted.lm
     src = _source(ds, quota, materialize)
     folds = []
     for i in range(k):
@@ -432,24 +444,14 @@ def resample(
             f"method={method!r}: the Dataset API resamples with random_over, random_under or "
             "combined; the SMOTE family runs in the file path (raybalance prepare)"
         )
-    ResampleSpec(method=method, sampling_strategy=sampling_strategy, seed=seed)  # checks
-
-    def quotas_of(lm, n):
-        targets = resolve_targets(sampling_strategy, dict(zip(lm.keys, n.tolist())), KIND[method])
-        t = np.array([targets[k] for k in lm.keys], dtype=np.int64)
-        emptied = [k for k, a, b in zip(lm.keys, n, t) if a > 0 and b == 0]
-        if emptied:
-            raise ValueError(
-                f"sampling_strategy={describe(sampling_strategy)} leaves class(es) "
-                f"{emptied[:10]} with no rows; keep at least one row of every class"
-            )
-        p = plan(n, t, method)
-        return np.stack([p.extra, np.zeros_like(n), n - p.extra], axis=1), p
-
-    quota, lm, n, _, p, schema, (rows, sides) = _keyed(
-        ds, label, id, seed, "resample", drop_null_labels, quotas_of
-    )
-    out_schema = output_schema(schema)
+    spec = ResampleSpec(method=method, sampling_strategy=sampling_strategy, seed=seed)
+    cols, schema = _columns(ds, label, id)
+    out_schema = output_schema(schema)  # refuses inputs that hold the traceability columns
+    counted = _count(ds, cols, schema, seed, "resample", drop_null_labels)
+    lm = counted.lm
+    by_key = dict(zip(lm.keys, counted.counts.tolist()))
+    n, _, p = class_targets(spec, cols, lm.keys, by_key)
+    quota, (rows, sides) = _place(ds, counted, seed, "resample", p.quotas)
     out = ds.map_batches(
         _copies,
         fn_kwargs={"quota": quota, "base": p.base, "out_schema": out_schema},

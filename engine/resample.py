@@ -125,6 +125,12 @@ class Plan:
     extra: np.ndarray
     synthetic: np.ndarray
 
+    @property
+    def quotas(self) -> np.ndarray:
+        """(K, 3) rows of each class per side of its keyed cut (``engine.quota.find_cuts``):
+        the ``extra`` smallest keys (one copy more), none, the rest."""
+        return np.stack([self.extra, np.zeros_like(self.counts), self.counts - self.extra], 1)
+
 
 def plan(counts: np.ndarray, targets: np.ndarray, method: str) -> Plan:
     """The copies that take ``counts`` to ``targets`` for ``method``."""
@@ -539,7 +545,7 @@ def resample(
     ``inputs`` (a digest of what the result depends on) is recorded in ``_resample.json``.
     """
     keys = label_map.keys
-    n, t, p = _targets(spec, cols, keys, counts)
+    n, t, p = class_targets(spec, cols, keys, counts)
     cuts = _cuts(source, cols, label_map, spec, n, p)
     out_schema = output_schema(schema)
     fs, final = filesystem_and_path(out_dir)
@@ -595,7 +601,7 @@ def resample(
     )
 
 
-def _targets(spec: ResampleSpec, cols: Columns, keys: list[str], counts: Mapping[str, int]):
+def class_targets(spec: ResampleSpec, cols: Columns, keys: list[str], counts: Mapping[str, int]):
     """(rows per class, target rows per class, the plan); raises on a spec that cannot apply."""
     if spec.method == "none":
         raise ValueError("resample.method=none: nothing to resample")
@@ -627,7 +633,7 @@ def _cuts(source: Source, cols: Columns, label_map: LabelMap, spec: ResampleSpec
             f"({hist.reshape(len(n), -1).sum(axis=1).tolist()} vs {n.tolist()}); "
             "rerun prepare with --overwrite"
         )
-    return find_cuts(hist, np.stack([p.extra, np.zeros_like(n), n - p.extra], axis=1), bits)
+    return find_cuts(hist, p.quotas, bits)
 
 
 def _write_kept(source, cols, label_map, spec, cuts, p: Plan, fs, tmp: str, out_schema):
