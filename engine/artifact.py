@@ -25,6 +25,8 @@ import numpy as np
 from engine.combining import Combination
 from engine.config import DataSpec, EmbedSpec, build_section
 from engine.data import LABEL_MAP_JSON, LabelMap
+from engine.io import sha256_file
+from engine.remote import fetch
 from engine.scoring import ModelRef
 
 FORMAT = "raybalance-ensemble/1"
@@ -110,14 +112,6 @@ def check_signature(folder: str, key: bytes) -> None:
 # the artifact
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _files(root: str) -> list[str]:
     out = []
     for dirpath, _, names in os.walk(root):
@@ -178,7 +172,7 @@ def write_artifact(
         entries = []
         for ref in members:
             rel = f"members/{ref.name}"
-            shutil.copytree(ref.dir, os.path.join(tmp, rel))
+            shutil.copytree(fetch(ref.dir), os.path.join(tmp, rel))
             entries.append({**asdict(ref), "dir": rel})
         encoder = None
         if any(r.inputs == "embedding" for r in members):

@@ -22,18 +22,6 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
-def local_dir(path: str, stage: str) -> str:
-    """``path`` made absolute, refusing a URI: ``stage`` writes plain local files (a mounted
-    shared filesystem on a cluster)."""
-    if is_uri(str(path)):
-        raise ValueError(
-            f"run_dir {path!r} is a URI, but {stage} writes local files: use a local path, or on "
-            "a cluster a filesystem mounted at the same path on every node (prepare alone "
-            "accepts URIs)"
-        )
-    return os.path.abspath(path)
-
-
 def filesystem_and_path(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """Return the pyarrow filesystem and the path inside it for a local path or a URI."""
     path = str(path)
@@ -48,6 +36,12 @@ def join(base: str, *parts: str) -> str:
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def path_exists(path: str | os.PathLike) -> bool:
+    """Whether a local path or a URI names a file or folder."""
+    fs, p = filesystem_and_path(path)
+    return exists(fs, p)
 
 
 def _tmp_name(path: str) -> str:
@@ -95,6 +89,14 @@ def json_digest(*parts: Any) -> str:
     """A short stable digest of JSON-able ``parts`` (keys sorted; other values by ``str``)."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> Any:

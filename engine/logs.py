@@ -171,11 +171,13 @@ def keep_logs(route: LogRoute, folder: str | None, command: str) -> str | None:
     """After ``unroute``: move this command's log file into ``folder`` (a run's logs folder;
     kept only when the run folder holding it is local and exists) with the embedded Ray's
     session logs beside it, else delete it; returns where the log is kept."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(route.started))
+    if folder is not None and "://" in folder:
+        return _upload_logs(route, folder, command, stamp)
     parent = os.path.dirname(folder) if folder else None
-    if folder is None or "://" in folder or not os.path.isdir(parent):
+    if folder is None or not os.path.isdir(parent):
         os.remove(route.path)  # no run folder to keep it in (predict, stats without --out)
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(route.started))
     os.makedirs(folder, exist_ok=True)
     dest = os.path.join(folder, f"{command}-{stamp}.log")
     shutil.move(route.path, dest)
@@ -183,6 +185,30 @@ def keep_logs(route: LogRoute, folder: str | None, command: str) -> str | None:
     if ray_logs:
         _copy_session_logs(ray_logs, os.path.join(folder, f"ray-{stamp}"))
     return dest
+
+
+def _upload_logs(route: LogRoute, folder: str, command: str, stamp: str) -> str | None:
+    """``keep_logs`` for a run folder in a bucket: the log and the session logs copied into
+    ``folder`` (when the run folder is there), then the local log removed."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(folder.rstrip("/"))
+    run_root = root.rpartition("/")[0]
+    try:
+        if fs.get_file_info(run_root).type != pafs.FileType.Directory:
+            return None  # no run folder to keep it in
+        dest = f"{folder.rstrip('/')}/{command}-{stamp}.log"
+        with tempfile.TemporaryDirectory(prefix="raybalance-logs-") as tmp:
+            shutil.copyfile(route.path, os.path.join(tmp, os.path.basename(dest)))
+            ray_logs = session_logs_dir()
+            if ray_logs:
+                _copy_session_logs(ray_logs, os.path.join(tmp, f"ray-{stamp}"))
+            pafs.copy_files(tmp, folder.rstrip("/"), destination_filesystem=None)
+        return dest
+    finally:
+        os.remove(route.path)
 
 
 def _copy_session_logs(src: str, dest: str) -> None:

@@ -40,9 +40,16 @@ from typing import Any
 
 import numpy as np
 
-from engine import artifact, report, rundir
+from engine import artifact, remote, report, rundir
 from engine.config import STAGE_SECTIONS, JobSpec, LossSpec, SamplerSpec, needs_embedding
-from engine.io import json_digest, local_dir, read_json, write_bytes_atomic, write_json_atomic
+from engine.io import (
+    is_uri,
+    json_digest,
+    path_exists,
+    read_json,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from engine.rundir import RunDir
 
 log = logging.getLogger("raybalance")
@@ -69,7 +76,7 @@ def prepared_digest(run_dir: str) -> str:
     the input files and specs each step was made from (new data changes it)."""
     parts = []
     for rel, path in RunDir(run_dir).prepared_records():
-        parts.append([rel, read_json(path) if os.path.exists(path) else None])
+        parts.append([rel, read_json(path) if path_exists(path) else None])
     return json_digest(parts)
 
 
@@ -314,7 +321,7 @@ def _trial_notes(table, run: RunDir) -> tuple[Any, list[str]]:
         for _, r in errors.iterrows()
     ]
     summary = run.join(rundir.TUNE, SUMMARY)
-    note = read_json(summary).get("note") if os.path.exists(summary) else None
+    note = read_json(summary).get("note") if path_exists(summary) else None
     if note:
         notes.append(f"tune: {note}")
     return errors, notes
@@ -395,7 +402,7 @@ class _Progress:
 
     def state(self) -> dict[str, str]:
         path = self.run.pipeline_state
-        return read_json(path) if os.path.exists(path) else {}
+        return read_json(path) if path_exists(path) else {}
 
     def run_stage(self, stage: str, fn: Callable[[], Any]) -> None:
         start = time.perf_counter()
@@ -408,6 +415,7 @@ class _Progress:
                 if later not in TRAINED:
                     s.pop(later, None)  # derived stages after a redone one are redone too
         write_json_atomic(self.run.pipeline_state, s)
+        remote.push_enclosing(self.run.path)  # a bucket has each finished stage
         self.result.stages[stage] = "ran"
         self.result.seconds[stage] = time.perf_counter() - start
         self.notify(stage, "done")
@@ -428,13 +436,16 @@ def run_pipeline(
     ``on_stage(stage, event)`` is called with ``"start"``, ``"skip"`` and ``"done"``.
     Needs a Ray with the dashboard on for the tune stage (see ``engine.tune.search``).
     """
-    spec = replace(spec, run_dir=local_dir(spec.run_dir, "raybalance run"))
+    if not is_uri(spec.run_dir):
+        spec = replace(spec, run_dir=os.path.abspath(spec.run_dir))
     run = RunDir(spec.run_dir)
     with run.lock("raybalance run"):
         return _run_stages(spec, run, on_stage, overwrite)
 
 
 def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> PipelineResult:
+    """Prepare writes the run folder where it is; the later stages write a local mirror of it
+    when it is in a bucket (``engine.remote``), pushed after each stage."""
     from engine.prepare import prepare
 
     p = _Progress(run, on_stage or (lambda stage, event: None))
@@ -444,6 +455,17 @@ def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> Pipeli
         p.digests = stage_digests(spec, prepared_digest(run.path))
 
     p.run_stage("prepare", prepare_stage)
+    with remote.local_folder(run.path) as local:
+        p.run = RunDir(local)
+        result = _later_stages(replace(spec, run_dir=local), p.run, p, overwrite)
+    return replace(
+        result,
+        run_dir=run.path,
+        report=run.join(rundir.REPORT, report.HTML),
+    )
+
+
+def _later_stages(spec: JobSpec, run: RunDir, p: _Progress, overwrite: bool) -> PipelineResult:
     _trained_stages(spec, run, p, overwrite)
     ensemble_done = run.exists(rundir.ENSEMBLE, artifact.MANIFEST) and run.exists(rundir.SCORES)
     for stage, fn, done in (
@@ -469,7 +491,7 @@ def _trained_stages(spec: JobSpec, run: RunDir, p: _Progress, overwrite: bool) -
     else:
         p.skip("baseline")
     st = p.state()
-    tune_done = os.path.exists(run.tune_results)
+    tune_done = run.exists(rundir.TUNE, rundir.RESULTS)
     if tune_done and "tune" not in st and not overwrite and finished_search_matches(spec):
         # a search that `raybalance tune` finished on this spec: the pipeline carries on from it
         st["tune"] = p.digests["tune"]

@@ -22,7 +22,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
@@ -54,7 +54,8 @@ from engine.ensemble import (
     resolve_scoring_columns,
     sha256_file,
 )
-from engine.io import exists, filesystem_and_path, replace_dir, writer_temp_dir
+from engine.io import exists, filesystem_and_path, is_uri, join, replace_dir, writer_temp_dir
+from engine.remote import fetch
 
 SUMMARY = "_predict.json"
 
@@ -174,18 +175,38 @@ def predict(
             column, or an existing ``out`` without ``overwrite``.
     """
     args = (data, out, format, keep, overwrite, batch_size)
-    if manifest_format(artifact) != MODEL_FORMAT:
-        return _predict(load_artifact(artifact), artifact, *args)
+    local = fetch(artifact)  # an artifact in a bucket: verified in a local copy
+    if manifest_format(local) != MODEL_FORMAT:
+        return _predict(_reachable(load_artifact(local), artifact, False), artifact, *args)
     with tempfile.TemporaryDirectory(prefix="raybalance-model-") as tmp:
-        art = load_artifact(artifact_from_model(artifact, os.path.join(tmp, "artifact")))
-        return _predict(art, artifact, *args)
+        art = load_artifact(artifact_from_model(local, os.path.join(tmp, "artifact")))
+        return _predict(_reachable(art, artifact, True), artifact, *args)
+
+
+def _reachable(art, origin: str, one_model: bool):
+    """``art`` whose members (and encoder) the scoring actors load from ``origin`` when it is
+    in a bucket, on whichever node they run, each member checked there against the verified
+    manifest's hashes; ``one_model``: ``origin`` is a model folder (the one member)."""
+    if not is_uri(origin):
+        return art
+    listed = art.manifest["files"]
+    members = []
+    for ref in art.members:
+        rel = os.path.relpath(ref.dir, art.path).replace(os.sep, "/")
+        files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
+        members.append(replace(ref, dir=origin if one_model else join(origin, rel), files=files))
+    embed = art.embed
+    if embed is not None and not one_model:
+        embed = replace(embed, model=join(origin, os.path.relpath(embed.model, art.path)))
+    return replace(art, members=members, embed=embed)
 
 
 def check_inputs(artifact: str, data: str, format: str = "auto") -> None:
     """The checks that need no cluster: the artifact (or model folder) against its manifest,
     and that ``data`` holds data files."""
-    fmt = manifest_format(artifact)
-    verify_artifact(artifact, MODEL_FORMAT if fmt == MODEL_FORMAT else FORMAT)
+    local = fetch(artifact)
+    fmt = manifest_format(local)
+    verify_artifact(local, MODEL_FORMAT if fmt == MODEL_FORMAT else FORMAT)
     resolve_source(data, format)
 
 
@@ -247,8 +268,8 @@ def _predict(
             "rows": rows,
             "predicted": counts,
             "data": data,
-            "artifact": os.path.abspath(origin),
-            "manifest_sha256": sha256_file(os.path.join(origin, MANIFEST)),
+            "artifact": origin if is_uri(origin) else os.path.abspath(origin),
+            "manifest_sha256": sha256_file(os.path.join(fetch(origin), MANIFEST)),
         }
         with fs.open_output_stream(f"{tmp}/{SUMMARY}") as f:
             f.write(json.dumps(summary, indent=2).encode())

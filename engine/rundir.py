@@ -26,6 +26,7 @@ folder names and the run-level files are this module's.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import resample
+from engine import remote, resample
 from engine.config import SPLIT_SECTIONS, STAGE_SECTIONS, JobSpec
 from engine.data import LABEL_MAP_JSON, LabelMap
 from engine.io import exists, filesystem_and_path, is_uri, join, read_json, write_json_atomic
@@ -61,8 +62,9 @@ SCORES = "scores.safetensors"
 PIPELINE = "pipeline.json"
 METRICS = "metrics.json"  # a trained folder's last write (train/, baseline/, trials)
 RESULTS = "results.parquet"  # tune/
+DATA = (SPLITS, EMBEDDED, RESAMPLED)  # read by tasks on any node: in the bucket for a mirror
 LOGS = "logs"  # each command's log file and the embedded Ray's session logs (engine.logs)
-LOCK = ".raybalance.lock"  # the writer that holds the folder (pid, host, command, since)
+LOCK = remote.LOCK  # the writer that holds the folder (pid, host, command, since)
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,26 @@ class RunDir:
 
     path: str
 
+    @functools.cached_property
+    def data_root(self) -> str:
+        """Where the data folders are: the bucket when this folder is a local mirror of a run
+        folder in object storage (``engine.remote``), else the folder itself."""
+        if is_uri(self.path):
+            return self.path
+        return remote.mirrored_uri(self.path) or self.path
+
+    @property
+    def durable(self) -> str:
+        """The folder as every node reaches it: its URI when it is a mirror."""
+        return self.data_root
+
     def join(self, *parts: str) -> str:
-        return join(self.path, *parts)
+        first = "/".join(parts).strip("/").partition("/")[0]
+        return join(self.data_root if first in DATA else self.path, *parts)
 
     def exists(self, *parts: str) -> bool:
-        fs, root = filesystem_and_path(self.path)
-        return exists(fs, join(root, *parts))
+        fs, p = filesystem_and_path(self.join(*parts))
+        return exists(fs, p)
 
     # ---- paths
     @property
@@ -194,7 +210,9 @@ class RunDir:
     def require_splits(self) -> dict[str, Any]:
         manifest = self.split_manifest()
         if manifest is None:
-            raise ValueError(f"{self.path} has no complete splits: run `raybalance prepare` first")
+            raise ValueError(
+                f"{self.durable} has no complete splits: run `raybalance prepare` first"
+            )
         return manifest
 
     def class_counts(self, split: str, keys: list[str]) -> np.ndarray:
@@ -228,7 +246,7 @@ class RunDir:
                 differs.insert(0, "name")
             if differs:
                 raise ValueError(
-                    f"run_dir {self.path!r} holds the artifacts of run {theirs.get('name')!r}, "
+                    f"run_dir {self.durable!r} holds the artifacts of run {theirs.get('name')!r}, "
                     f"made with a different {', '.join(differs)}; choose another run_dir (or "
                     "name), or pass --overwrite to replace them"
                 )
@@ -242,7 +260,7 @@ class RunDir:
         ]
         if stale:
             raise ValueError(
-                f"the splits in {self.path} were prepared with another {', '.join(stale)} spec; "
+                f"the splits in {self.durable} were prepared with another {', '.join(stale)} spec; "
                 "run `raybalance prepare --overwrite` with this spec first, or use another run_dir"
             )
 

@@ -25,6 +25,8 @@ import pyarrow as pa
 from engine.combining import combine
 from engine.config import DataSpec, EmbedSpec
 from engine.data import LabelMap
+from engine.io import is_uri, path_exists, sha256_file
+from engine.remote import durable, fetch
 
 # --------------------------------------------------------------------------------------------
 # members
@@ -47,6 +49,8 @@ class ModelRef:
     source: str = ""  # where it came from (a trial id, "baseline")
     val_metric: float | None = None
     trained_as: str = ""  # the model.kind it was trained as (linear is read as mlp/lexical)
+    # {file in dir: sha256}: checked where the folder is loaded (a copy fetched from a bucket)
+    files: dict[str, str] | None = None
 
 
 def model_kind(folder: str) -> str:
@@ -63,7 +67,7 @@ def model_kind(folder: str) -> str:
 def model_ref(data: DataSpec, name: str, folder: str, **extra: Any) -> ModelRef:
     """A ``ModelRef`` for a model trained on the columns of ``data`` (an MLP without feature
     columns reads the embedding of the text)."""
-    kind = model_kind(folder)
+    kind = model_kind(fetch(folder))
     if kind not in ("mlp", "gbdt"):
         inputs = "text"
     elif data.features:
@@ -72,7 +76,9 @@ def model_ref(data: DataSpec, name: str, folder: str, **extra: Any) -> ModelRef:
         inputs = "embedding"
         if not data.text:
             raise ValueError(f"member {name}: an MLP with neither data.features nor data.text")
-    return ModelRef(name, os.path.abspath(folder), kind, inputs, **extra)
+    return ModelRef(
+        name, folder if is_uri(folder) else os.path.abspath(folder), kind, inputs, **extra
+    )
 
 
 def select_members(
@@ -87,7 +93,7 @@ def select_members(
         for r in table.to_dict("records")
         if r.get("status") != "error"
         and r.get("best_dir")
-        and os.path.isdir(str(r["best_dir"]))
+        and path_exists(str(r["best_dir"]))
         and _finite(r.get(metric))
     ]
     sign = 1.0 if metric == "val_loss" else -1.0
@@ -137,6 +143,19 @@ def _numeric_matrix(batch: pa.Table, columns: Sequence[str]) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
+def _loadable(ref: ModelRef) -> str:
+    """The member's folder on this node: fetched when it is in a bucket, and checked against
+    the hashes its reference carries (those of a verified artifact)."""
+    folder = fetch(ref.dir)
+    for rel, digest in (ref.files or {}).items():
+        if sha256_file(os.path.join(folder, rel)) != digest:
+            raise ValueError(
+                f"{ref.dir}/{rel} does not match the artifact's manifest: the folder changed "
+                "after the artifact was verified; rebuild it or restore the file"
+            )
+    return folder
+
+
 class Scorer:
     """The actor of the scoring pool: every model loaded once, applied to Arrow batches.
 
@@ -168,7 +187,7 @@ class Scorer:
         self.refs = [ModelRef(**m) for m in models]
         self.models = []
         for ref in self.refs:
-            model, _ = load_model(ref.dir)
+            model, _ = load_model(_loadable(ref))
             self.models.append(model.to(self.device).eval())
         self.columns = columns
         self.label_map = LabelMap.from_json(label_map)
@@ -197,7 +216,8 @@ class Scorer:
         if self.encoder is None:
             from engine.embed import Encoder
 
-            self.encoder = Encoder(self.embed, self.columns["text"], self.threads, str(self.device))
+            embed = {**self.embed, "model": fetch(self.embed["model"])}  # (in a bucket: fetched)
+            self.encoder = Encoder(embed, self.columns["text"], self.threads, str(self.device))
         return self.encoder.encode(self._text(batch))
 
     def _inputs(self, ref: ModelRef, model: Any, batch: pa.Table, cache: dict) -> dict[str, Any]:
@@ -330,7 +350,7 @@ def map_scorer(
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs={
-            "models": [asdict(r) for r in refs],
+            "models": [{**asdict(r), "dir": durable(r.dir)} for r in refs],  # any node
             "columns": columns,
             "label_map": label_map.to_json(),
             "embed": asdict(embed) if embed is not None else None,

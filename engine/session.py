@@ -168,6 +168,10 @@ class LocalSession:
             if path not in keep:
                 shutil.rmtree(path, ignore_errors=True)
         self.kept = [k for k in self.kept if k[0] in keep]
+        if self.tune:  # a trial's folder in a bucket: what it keeps is there if it is stopped
+            from engine.remote import push_enclosing
+
+            push_enclosing(self.out)
 
     def best(self) -> tuple[str, dict[str, Any]]:
         """(folder, metrics) of the best checkpoint this session reported."""

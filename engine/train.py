@@ -26,14 +26,14 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from engine import rundir
+from engine import remote, rundir
 from engine.config import (
     EXACT_KINDS,
     LINEAR_C_GRID,
@@ -58,7 +58,7 @@ from engine.data import (
     resolve_columns,
     resolve_source,
 )
-from engine.io import join, local_dir, write_json_atomic
+from engine.io import join, write_json_atomic
 from engine.lexical import (
     LazyAdamW,
     LexicalClassifier,
@@ -811,23 +811,24 @@ def fit(
     ``train.max_failures``) from the last complete checkpoint, and the folder the failed copy
     left is removed when the run ends.
     """
-    run, out = _fit_folders(spec, out_dir, overwrite)
-    config, datasets = loop_inputs(spec, run, train_data)
-    config["step_hook"] = step_hook
-    config["checkpoints"] = join(out, RAY_STORAGE, FIT_EXPERIMENT)  # where _trainer's persist
-    from ray.train import TrainingFailedError
+    with _fit_folders(spec, out_dir, overwrite) as (run, out):
+        config, datasets = loop_inputs(spec, run, train_data)
+        config["step_hook"] = step_hook
+        # where _trainer's workers persist: in the bucket when ``out`` is a mirror of one
+        config["checkpoints"] = join(remote.durable(out), RAY_STORAGE, FIT_EXPERIMENT)
+        from ray.train import TrainingFailedError
 
-    try:
-        trainer = _trainer(spec, out, config, datasets, callbacks, storage_filesystem)
-        result = trainer.fit()
-    except TrainingFailedError as e:
-        raise TrainingFailed(_failure_line(e, spec, out)) from e
-    if result.error is not None:
-        raise TrainingFailed(_failure_line(result.error, spec, out)) from result.error
-    for path in remove_partial(config["checkpoints"]):
-        log.warning("train: removed %s, a checkpoint whose copy to storage failed", path)
-    best_dir, history, best = export_best(result, spec, out)
-    return TrainResult(run.path, best_dir, history, best)
+        try:
+            trainer = _trainer(spec, out, config, datasets, callbacks, storage_filesystem)
+            result = trainer.fit()
+        except TrainingFailedError as e:
+            raise TrainingFailed(_failure_line(e, spec, out)) from e
+        if result.error is not None:
+            raise TrainingFailed(_failure_line(result.error, spec, out)) from result.error
+        for path in remove_partial(config["checkpoints"]):
+            log.warning("train: removed %s, a checkpoint whose copy to storage failed", path)
+        best_dir, history, best = export_best(result, spec, out)
+    return TrainResult(run.durable, remote.durable(best_dir), history, best)
 
 
 def _failure_line(error: BaseException, spec: JobSpec, out: str) -> str:
@@ -856,23 +857,28 @@ def _last_checkpoint(out: str) -> tuple[str, int] | None:
     return last_complete(found)
 
 
-def _fit_folders(spec: JobSpec, out_dir: str | None, overwrite: bool) -> tuple[RunDir, str]:
-    """The run folder (checked against ``spec``) and the output folder, cleared when it holds
-    a finished run and ``overwrite``."""
-    run = RunDir(local_dir(spec.run_dir, "training"))
+@contextlib.contextmanager
+def _fit_folders(
+    spec: JobSpec, out_dir: str | None, overwrite: bool
+) -> Iterator[tuple[RunDir, str]]:
+    """The run folder (checked against ``spec``; read where it is, a bucket included) and the
+    output folder as a local one (a URI's mirror, pushed when the block ends), cleared when it
+    holds a finished run and ``overwrite``."""
+    run = RunDir(spec.run_dir)
     run.check_prepared_with(spec)
     if run.require_splits()["rows"]["val"] == 0:
         raise ValueError(
             "training evaluates on val every epoch: set split.val > 0 and prepare again"
         )
-    out = os.path.abspath(out_dir) if out_dir else run.train
-    if os.path.exists(join(out, rundir.METRICS)):
-        if not overwrite:
-            raise ValueError(
-                f"{out} holds a finished training run; pass --overwrite to train again"
-            )
-        shutil.rmtree(out)
-    return run, out
+    with remote.local_folder(out_dir or run.train) as out:
+        if os.path.exists(join(out, rundir.METRICS)):
+            if not overwrite:
+                raise ValueError(
+                    f"{remote.durable(out)} holds a finished training run; pass --overwrite to "
+                    "train again"
+                )
+            remote.clear(out)
+        yield run, out
 
 
 def fit_in_process(
@@ -889,13 +895,25 @@ def fit_in_process(
     reported to Tune with its checkpoint, and a restored trial resumes from it; outside Tune a
     failed attempt is retried from its latest checkpoint up to ``train.max_failures`` times
     (then ``TrainingFailed``)."""
-    import torch
-
     if spec.train.num_workers != 1:
         raise ValueError(
             f"train.num_workers={spec.train.num_workers}: training in one process takes 1 worker"
         )
-    run, out = _fit_folders(spec, out_dir, overwrite)
+    with _fit_folders(spec, out_dir, overwrite) as (run, out):
+        history, best_dir, best = _fit_here(spec, run, out, train_data, step_hook, tune)
+    return TrainResult(run.durable, remote.durable(best_dir), history, best)
+
+
+def _fit_here(
+    spec: JobSpec,
+    run: RunDir,
+    out: str,
+    train_data: tuple[Any, np.ndarray] | None,
+    step_hook: Callable[[int, int, int], None] | None,
+    tune: bool,
+) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """``fit_in_process``'s attempts in the local folder ``out``: (history, best_dir, best)."""
+
     config, datasets = loop_inputs(spec, run, train_data)
     config["step_hook"] = step_hook
     use_gpu = spec.train.use_gpu and torch.cuda.is_available()
@@ -922,7 +940,7 @@ def fit_in_process(
     folder, best = session.best()
     best_dir = _export(folder, history, spec, out)
     shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-    return TrainResult(run.path, best_dir, history, best)
+    return history, best_dir, best
 
 
 def train_model(
@@ -1037,7 +1055,7 @@ def _trainer(
         ),
         run_config=RunConfig(
             name=FIT_EXPERIMENT,
-            storage_path=join(out, RAY_STORAGE),
+            storage_path=join(remote.durable(out), RAY_STORAGE),
             storage_filesystem=storage_filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,

@@ -498,10 +498,9 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     ``train.metric`` = ``tune.metric``), ``space`` the resolved space as {key: [form, args]}."""
     import ray.data
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from engine.io import join
-    from engine.train import fit, fit_in_process, one_process, train_source
+    from engine.remote import local_folder, push_enclosing
 
     # one progress bar per Ray Data execution of every trial drowns Tune's own progress
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -510,11 +509,23 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     knobs = decode_knobs(config, dists)
     trial_id = tune.get_context().get_trial_id()
     run = RunDir(spec.run_dir)
-    out = join(run.tune, TRIALS, trial_id)
-    os.makedirs(out, exist_ok=True)
-    _append_attempt(out, knobs)
+    # in a bucket, the trial writes a mirror of its folder on this node: pushed after each
+    # attempt's record, each kept checkpoint (LocalSession) and when the trial ends
+    with local_folder(join(run.tune, TRIALS, trial_id)) as out:
+        os.makedirs(out, exist_ok=True)
+        _append_attempt(out, knobs)
+        push_enclosing(out)
+        _trial(spec, knobs, run, out)
 
-    done = join(out, rundir.METRICS)
+
+def _trial(spec: JobSpec, knobs: dict[str, Any], run: RunDir, out: str) -> None:
+    """One attempt of a trial with ``knobs`` into its local folder ``out``."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from engine.train import fit, fit_in_process, one_process, train_source
+
+    done = os.path.join(out, rundir.METRICS)
     if os.path.exists(done):
         # fit finished but Tune never recorded it (the search was interrupted): report again
         with open(done) as f:
@@ -610,6 +621,7 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
     """One row per trial of a Tune ``ResultGrid``, best first (errors last)."""
     import pandas as pd
 
+    from engine.remote import durable
     from engine.train import complete_model_folder
 
     metric = spec.tune.metric
@@ -663,7 +675,7 @@ def results_table(grid, spec: JobSpec, space: Mapping[str, Dist], trials_dir: st
             row[m] = best_row.get(m)
         row["best_epoch"] = int(best_row["epoch"]) + 1 if best_row else None
         row["epochs"] = len(history)
-        row["best_dir"] = best_dir
+        row["best_dir"] = durable(best_dir) if best_dir else None  # as every node reaches it
         row["error"] = error_line(result.error)
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -834,12 +846,12 @@ def _search_inputs(spec: JobSpec) -> tuple[JobSpec, dict[str, int], dict[str, Di
     Raises:
         ValueError: an unknown ``tune.metric`` or no prepared splits.
     """
-    from engine.io import local_dir
+    from engine.io import is_uri
     from engine.train import train_source
 
     if spec.tune.metric not in METRICS:
         raise ValueError(f"tune.metric={spec.tune.metric!r}: use one of {list(METRICS)}")
-    run_dir = local_dir(spec.run_dir, "the tune search")
+    run_dir = spec.run_dir if is_uri(spec.run_dir) else os.path.abspath(spec.run_dir)
     model = spec.model
     if os.path.isdir(model.path) and not os.path.isabs(model.path):
         model = replace(model, path=os.path.abspath(model.path))  # trials run in their own cwd
@@ -858,7 +870,7 @@ def finished_search_matches(spec: JobSpec) -> bool:
     spec, _, space = _search_inputs(spec)
     run = RunDir(spec.run_dir)
     record = join(run.tune, SEARCH_RECORD)
-    if not (os.path.exists(run.tune_results) and os.path.exists(record)):
+    if not (run.exists(rundir.TUNE, rundir.RESULTS) and run.exists(rundir.TUNE, SEARCH_RECORD)):
         return False
     return read_json(record) == _search_record(spec, space)
 
@@ -872,14 +884,18 @@ def _light(spec: JobSpec, space: Mapping[str, Dist]) -> bool:
 
 def _clear_finished(tune_dir: str, overwrite: bool) -> None:
     """Refuse a finished search without ``overwrite``; with it, clear the folder."""
+    from engine.io import join
+    from engine.remote import clear, durable, remove
+
     if os.path.exists(os.path.join(tune_dir, rundir.RESULTS)):
         if not overwrite:
             raise ValueError(
-                f"{tune_dir} holds a finished search; pass --overwrite to search again"
+                f"{durable(tune_dir)} holds a finished search; pass --overwrite to search again"
             )
-        shutil.rmtree(tune_dir)
-    elif overwrite and os.path.exists(tune_dir):
-        shutil.rmtree(tune_dir)
+    elif not overwrite:
+        return
+    clear(tune_dir)
+    remove(join(durable(tune_dir), "ray"))  # Tune's storage (in the bucket for a mirror)
 
 
 def _check_restorable(tune_dir: str, experiment: str, record: dict[str, Any]) -> bool:
@@ -888,18 +904,18 @@ def _check_restorable(tune_dir: str, experiment: str, record: dict[str, Any]) ->
     from ray import tune
 
     from engine.io import join, read_json, write_json_atomic
+    from engine.remote import durable, remove
 
     record_path = join(tune_dir, SEARCH_RECORD)
     if tune.Tuner.can_restore(experiment):
         if not os.path.exists(record_path) or read_json(record_path) != record:
             raise ValueError(
-                f"{tune_dir} holds an interrupted search made with another spec; pass "
+                f"{durable(tune_dir)} holds an interrupted search made with another spec; pass "
                 "--overwrite to start a new search"
             )
         return True
-    for stale in (experiment, join(tune_dir, TRIALS)):
-        if os.path.exists(stale):
-            shutil.rmtree(stale)
+    remove(experiment)
+    shutil.rmtree(join(tune_dir, TRIALS), ignore_errors=True)
     write_json_atomic(record_path, record)
     return False
 
@@ -917,20 +933,27 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
             interrupted search made with another spec, trials that cannot all fit on the
             cluster, or workers without the state API.
     """
+    from engine.remote import local_folder
+
     t = spec.tune
     spec, _, space = _search_inputs(spec)
-    with RunDir(spec.run_dir).lock("raybalance tune"):
-        return _search(spec, t, space, overwrite)
+    run = RunDir(spec.run_dir)
+    with run.lock("raybalance tune"), local_folder(run.tune) as tune_dir:
+        return _search(spec, t, space, overwrite, tune_dir)
 
 
-def _search(spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool) -> TuneResult:
+def _search(
+    spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool, tune_dir: str
+) -> TuneResult:
+    """The search into the local ``tune_dir`` (a mirror when the run is in a bucket: the
+    trials write their folders and Tune its state into the bucket, from any node)."""
     import pandas as pd
     import ray
     from ray import tune
 
     from engine.io import join
+    from engine.remote import durable, sync_enclosing
 
-    tune_dir = RunDir(spec.run_dir).tune
     _clear_finished(tune_dir, overwrite)
     check_trainer_cleanup()
     modes = space["sampler.mode"].args if "sampler.mode" in space else (spec.sampler.mode,)
@@ -946,8 +969,8 @@ def _search(spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool)
         light=_light(spec, space),
     )
     train = replace(spec.train, cpus_per_worker=res.cpus_per_worker, metric=t.metric)
-    job = asdict(replace(spec, train=train))
-    storage = join(tune_dir, "ray")
+    job = asdict(replace(spec, train=train, run_dir=durable(spec.run_dir)))
+    storage = join(durable(tune_dir), "ray")
     experiment = join(storage, EXPERIMENT)
     restore = _check_restorable(tune_dir, experiment, _search_record(spec, space))
     os.makedirs(join(tune_dir, TRIALS), exist_ok=True)
@@ -969,7 +992,9 @@ def _search(spec: JobSpec, t: TuneSpec, space: dict[str, Dist], overwrite: bool)
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
         tuner = new_tuner(trainable, t, spec.train.epochs, space, res.max_concurrent, storage)
+    sync_enclosing(tune_dir)  # the search record up, before trials read it
     grid = tuner.fit()
+    sync_enclosing(tune_dir)  # the trials' folders down
     table = results_table(grid, spec, space, join(tune_dir, TRIALS))
     path = _write_results(table, tune_dir)
     summary = _write_summary(t, t.num_samples * grid_size(space), len(table), tune_dir)

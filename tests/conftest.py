@@ -57,6 +57,27 @@ def job_env(home: Path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A local S3 server (moto) for the session, with this process's AWS variables pointing at
+    it and a fresh bucket per call of ``bucket``; yields those variables."""
+    from tests._s3 import in_env, s3_server
+
+    log = tmp_path_factory.mktemp("s3") / "server.log"
+    with s3_server(log) as env, in_env(env):
+        yield env
+
+
+@pytest.fixture
+def bucket(s3, request):
+    """A new bucket on the session's S3 server: ``s3://<name>``."""
+    import uuid
+
+    from tests._s3 import make_bucket
+
+    return make_bucket(f"t-{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture
 def ray_env(tmp_path):
     """``job_env`` for one test."""

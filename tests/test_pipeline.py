@@ -202,17 +202,6 @@ def test_stage_digests_change_from_the_first_stage_whose_inputs_changed():
     assert baseline_spec(base).loss.name == "ce" and baseline_spec(base).sampler.kind == "none"
 
 
-def test_a_uri_run_dir_is_refused_by_the_stages_that_write_local_files():
-    from engine.pipeline import run_pipeline
-    from engine.train import fit
-    from engine.tune import search
-
-    spec = load_spec(DEMO, ["run_dir=s3://bucket/runs/demo"])
-    for call in (run_pipeline, fit, search):
-        with pytest.raises(ValueError, match="is a URI, but .* writes local files"):
-            call(spec)
-
-
 def test_the_summary_notes_say_what_a_tiny_class_means(ray_local, tmp_path):
     """A one-row class: not in val or test (said, with what it means) and only copied by SMOTE
     (said): the notes the summary table and the report show."""

@@ -1,0 +1,119 @@
+"""Run folders in object storage (engine.remote) against a local S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from engine import remote
+from engine.io import read_json, write_json_atomic
+from engine.rundir import RunDir
+
+
+def _bucket_files(uri: str) -> dict[str, bytes]:
+    fs, root = pafs.FileSystem.from_uri(uri)
+    out = {}
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path[len(root) + 1 :]] = f.read()
+    return out
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def test_a_mirror_pushes_changes_and_removals_and_keeps_data_and_hidden_files_out(bucket):
+    uri = f"{bucket}/runs/a"
+    write_json_atomic(f"{uri}/splits/train/_manifest.json", {"rows": 1})  # data: bucket only
+    write_json_atomic(f"{uri}/run.json", {"name": "a"})
+    m = remote.open_mirror(uri)
+    assert os.path.exists(os.path.join(m.path, "run.json"))
+    assert not os.path.exists(os.path.join(m.path, "splits"))  # never mirrored
+    _write(os.path.join(m.path, "train", "best", "model.safetensors"), "w1")
+    _write(os.path.join(m.path, "train", "metrics.json"), "[]")
+    _write(os.path.join(m.path, "train", ".metrics.json.tmp-1"), "half")  # a writer's temp
+    _write(os.path.join(m.path, ".raybalance.lock"), "{}")
+    _write(os.path.join(m.path, "tune", "ray", "state.json"), "{}")  # Ray's own: bucket only
+    pushed = m.push()
+    assert pushed == ["train/best/model.safetensors", "train/metrics.json"]  # record last
+    assert m.push() == []  # nothing changed since
+    files = _bucket_files(uri)
+    assert set(files) == {
+        "splits/train/_manifest.json",
+        "run.json",
+        "train/best/model.safetensors",
+        "train/metrics.json",
+    }
+    os.remove(os.path.join(m.path, "train", "metrics.json"))
+    m.push()
+    assert "train/metrics.json" not in _bucket_files(uri)
+    assert "splits/train/_manifest.json" in _bucket_files(uri)  # not the mirror's to remove
+
+
+def test_a_pull_brings_what_another_machine_wrote_even_at_the_same_size(bucket):
+    uri = f"{bucket}/runs/b"
+    write_json_atomic(f"{uri}/tune/trials/t1/metrics.json", {"v": 1})
+    m = remote.open_mirror(uri)
+    local = os.path.join(m.path, "tune", "trials", "t1", "metrics.json")
+    assert read_json(local) == {"v": 1}
+    time.sleep(1.1)  # (object times have whole seconds)
+    write_json_atomic(f"{uri}/tune/trials/t1/metrics.json", {"v": 2})  # same size
+    write_json_atomic(f"{uri}/tune/trials/t2/metrics.json", {"v": 3})
+    copied = m.pull()
+    assert sorted(copied) == ["tune/trials/t1/metrics.json", "tune/trials/t2/metrics.json"]
+    assert read_json(local) == {"v": 2}
+    assert remote.open_mirror(uri).pull() == []  # a new process pulls nothing unchanged
+    fs, root = pafs.FileSystem.from_uri(f"{uri}/tune/trials/t2")
+    fs.delete_dir(root)
+    m.pull()
+    assert not os.path.exists(os.path.join(m.path, "tune", "trials", "t2"))
+
+
+def test_a_failed_block_still_pushes_what_it_finished_and_raises_its_own_error(bucket):
+    uri = f"{bucket}/runs/c"
+    with pytest.raises(RuntimeError, match="stage failed"):
+        with remote.mirrored(uri) as m:
+            _write(os.path.join(m.path, "baseline", "metrics.json"), "[]")
+            raise RuntimeError("stage failed")
+    assert "baseline/metrics.json" in _bucket_files(uri)
+
+
+def test_paths_in_a_mirror_are_durable_as_bucket_paths_and_data_folders_resolve_there(bucket):
+    uri = f"{bucket}/runs/d"
+    write_json_atomic(f"{uri}/splits/_manifest.json", {"counts": {}})
+    with remote.local_folder(uri) as local:
+        assert remote.durable(local) == uri
+        assert remote.durable(os.path.join(local, "tune", "trials", "x")) == f"{uri}/tune/trials/x"
+        run = RunDir(local)
+        assert run.data_root == uri and run.durable == uri
+        assert run.split("train") == f"{uri}/splits/train"
+        assert run.train == os.path.join(local, "train")
+        assert run.exists("splits", "_manifest.json")
+    assert remote.durable("/tmp/some/where") == "/tmp/some/where"
+    assert RunDir("/tmp/plain").data_root == "/tmp/plain"
+
+
+def test_fetch_copies_a_folder_once_per_state_and_names_an_empty_one(bucket):
+    uri = f"{bucket}/models/m1"
+    write_json_atomic(f"{uri}/config.json", {"model_type": "raybalance-mlp"})
+    first = remote.fetch(uri)
+    assert read_json(os.path.join(first, "config.json")) == {"model_type": "raybalance-mlp"}
+    assert os.listdir(first) == ["config.json"]  # nothing but the folder's files
+    assert remote.fetch(uri) == first
+    time.sleep(1.1)
+    write_json_atomic(f"{uri}/config.json", {"model_type": "raybalance-gbdt"})
+    second = remote.fetch(uri)
+    assert second != first and read_json(os.path.join(second, "config.json"))["model_type"] == (
+        "raybalance-gbdt"
+    )
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        remote.fetch(f"{bucket}/models/none")
+    assert remote.fetch("/a/local/path") == "/a/local/path"
