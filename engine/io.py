@@ -112,17 +112,52 @@ def write_parquet_atomic(path: str | os.PathLike, table: pa.Table, **kwargs: Any
     return write_atomic(path, _write)
 
 
+# the files that vouch for a folder (each library's completion record): in an object store,
+# where a folder moves file by file, they move (and a mirror pushes them) after the rest
+COMPLETION = (
+    "_manifest.json",  # engine.split
+    "_embed.json",  # engine.embed
+    "_complete.json",  # engine.prepare's embeddings
+    "stats.json",  # engine.resample, written last
+    "metrics.json",  # a trained folder
+    "manifest.json",  # an artifact, a model folder
+    "signature.json",
+    "results.parquet",  # a search
+    "pipeline.json",
+    "run.json",
+    "_predict.json",
+)
+
+
+def move_dir(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Move the folder ``src`` to ``dst``: one rename on a local filesystem; in an object
+    store (no folder rename) file by file, completion records last."""
+    if fs.type_name == "local":
+        fs.move(src, dst)
+        return
+    infos = fs.get_file_info(pafs.FileSelector(src, recursive=True))
+    cut = len(src.rstrip("/")) + 1
+    files = sorted(
+        (i.path[cut:] for i in infos if i.type == pafs.FileType.File),
+        key=lambda rel: (rel.rpartition("/")[2] in COMPLETION, rel),
+    )
+    for rel in files:
+        fs.move(join(src, rel), join(dst, rel))
+    fs.delete_dir(src)
+
+
 def replace_dir(fs: pafs.FileSystem, tmp_dir: str, final_dir: str) -> None:
     """Move a completed temporary folder into place, replacing an older one if present.
 
     The old folder is first moved aside, so that at every moment either the old or the new
-    complete folder is at ``final_dir``.
+    complete folder is at ``final_dir`` (in an object store, where folders move file by file,
+    the completion record that readers check moves last).
     """
     old = None
     if exists(fs, final_dir):
         old = _tmp_name(final_dir) + ".old"
-        fs.move(final_dir, old)
-    fs.move(tmp_dir, final_dir)
+        move_dir(fs, final_dir, old)
+    move_dir(fs, tmp_dir, final_dir)
     if old is not None:
         fs.delete_dir(old)
 

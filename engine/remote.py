@@ -29,23 +29,13 @@ from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 
-from engine.io import filesystem_and_path, is_uri, join
+from engine.io import COMPLETION, filesystem_and_path, is_uri, join
 
 log = logging.getLogger(__name__)
 
 MARKER = ".raybalance-remote.json"  # in a mirror's root: {"uri": ...}
 LOCK = ".raybalance.lock"  # (engine.rundir's) a writer's hold on a local folder
 IN_BUCKET = ("splits", "embedded", "resampled", "ray")  # never mirrored: read where they are
-# the last write of a folder: pushed after every other file
-COMPLETION = (
-    "metrics.json",
-    "manifest.json",
-    "signature.json",
-    "results.parquet",
-    "pipeline.json",
-    "run.json",
-    "_complete.json",
-)
 
 
 def mirror_dir(uri: str, kind: str = "runs") -> str:

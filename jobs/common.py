@@ -167,8 +167,18 @@ def run_main(fn, argv: list[str] | None) -> int:
         raise
     _ended(route)
     home = LOG_HOME["dir"]
-    keep_logs(route, RunDir(home).logs if home else None, fn.__module__.rpartition(".")[2])
+    keep_logs(route, RunDir(home).logs if home else None, _command(fn))
     return 0
+
+
+def _command(fn) -> str:
+    """The job's name for its log file: ``pipeline`` for ``jobs.pipeline``, also when it runs
+    as ``python -m jobs.pipeline`` (its module is then ``__main__``)."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = getattr(spec, "name", None) or module
+    return module.rpartition(".")[2]
 
 
 def _ended(route: LogRoute) -> None:

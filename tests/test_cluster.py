@@ -24,9 +24,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from tests._s3 import in_env, make_bucket, s3_server
 from tests.test_pipeline import SMALL
 from tests.test_tune import _attempts, _tune_statuses
 
@@ -110,6 +112,13 @@ def cluster(tmp_path_factory):
     )
     gcs, dash, client, agent_a, agent_b = _free_ports(5)
     marks = [re.escape(temp), rf":{gcs}\b"]
+    # an S3 server (moto) for the runs kept in a bucket; each node's processes have a temp
+    # folder of their own (TMPDIR), where a run folder in a bucket is mirrored
+    s3 = s3_server(tmp / "s3.log")
+    env.update(s3.__enter__())
+    tmpdirs = {"head": Path(temp) / "tmp-head", "second": Path(temp) / "tmp-second"}
+    for d in tmpdirs.values():
+        d.mkdir()
     try:
         # README step 3: the cluster's token, readable by its owner only
         proc = _ray(["get-auth-token", "--generate"], env)
@@ -132,7 +141,7 @@ def cluster(tmp_path_factory):
                 '--resources={"node_head": 1}',
                 *common,
             ],
-            env,
+            {**env, "TMPDIR": str(tmpdirs["head"])},
         )
         assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
         second = _ray(
@@ -149,10 +158,11 @@ def cluster(tmp_path_factory):
                 '--resources={"node_second": 1}',
                 *common,
             ],
-            env,
+            {**env, "TMPDIR": str(tmpdirs["second"])},
         )
         assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
         info = {"env": env, "url": f"http://127.0.0.1:{dash}", "token": token, "tmp": tmp}
+        info["tmpdirs"] = tmpdirs
         deadline = time.monotonic() + 120
         while True:
             code, body = _api(info, "/api/v0/nodes?limit=100&detail=true")
@@ -166,6 +176,7 @@ def cluster(tmp_path_factory):
         yield info
     finally:
         _stop(marks)
+        s3.__exit__(None, None, None)
         shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -188,25 +199,39 @@ def test_each_node_has_its_own_resources_and_the_job_api_needs_the_token(cluster
     assert "401" in proc.stdout + proc.stderr or "auth" in (proc.stdout + proc.stderr).lower()
 
 
-def _job(cluster: dict) -> dict:
-    code, body = _api(cluster, f"/api/jobs/{SUBMISSION}")
+def _job(cluster: dict, sid: str = SUBMISSION) -> dict:
+    code, body = _api(cluster, f"/api/jobs/{sid}")
     assert code == 200, code
     return body
 
 
-def _submit(cluster: dict, data: Path, run: Path) -> None:
+def _submit(cluster: dict, data: Path, run: Path | str, sid: str = SUBMISSION) -> None:
     # README step 6, with this test's data, run folder and two training workers (one per node)
-    cmd = ["job", "submit", "--address", cluster["url"], "--submission-id", SUBMISSION]
-    cmd += ["--no-wait", "--working-dir", ".", "--", "python", "-m", "jobs.pipeline"]
-    cmd += ["--config", "jobs/configs/demo.yaml"]
+    args = ["--config", "jobs/configs/demo.yaml"]
     for s in [f"data.path={data}", f"run_dir={run}", *SMALL, "train.num_workers=2"]:
-        cmd += ["--set", s]
+        args += ["--set", s]
+    _submit_job(cluster, sid, ["-m", "jobs.pipeline", *args])
+
+
+def _submit_job(cluster: dict, sid: str, python_args: list[str]) -> None:
+    cmd = ["job", "submit", "--address", cluster["url"], "--submission-id", sid]
+    cmd += ["--no-wait", "--working-dir", ".", "--", "python", *python_args]
     proc = _ray(cmd, cluster["env"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def _logs(cluster: dict) -> str:
-    return _ray(["job", "logs", "--address", cluster["url"], SUBMISSION], cluster["env"]).stdout
+def _logs(cluster: dict, sid: str = SUBMISSION) -> str:
+    return _ray(["job", "logs", "--address", cluster["url"], sid], cluster["env"]).stdout
+
+
+def _wait_done(cluster: dict, sid: str, seconds: float = 540) -> str:
+    """Wait for the job to succeed; returns its logs (fails the test on another end)."""
+    deadline = time.monotonic() + seconds
+    while (status := _job(cluster, sid)["status"]) != "SUCCEEDED":
+        assert status in ("PENDING", "RUNNING"), f"job {status}: {_logs(cluster, sid)[-4000:]}"
+        assert time.monotonic() < deadline, f"not done in time: {_logs(cluster, sid)[-3000:]}"
+        time.sleep(2)
+    return _logs(cluster, sid)
 
 
 @pytest.mark.integration
@@ -265,3 +290,100 @@ def test_pipeline_submitted_to_two_nodes_survives_its_driver_killed_and_resubmit
     assert workers == set(cluster["nodes"]), sorted(
         {(a.get("class_name"), a["node_id"][:8]) for a in actors}
     )
+
+
+def _bucket_files(uri: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(i.path[len(root) + 1 :] for i in infos if i.type == pafs.FileType.File)
+
+
+def _bucket_statuses(run: str) -> dict[str, str]:
+    """The trials' states in the search state Tune keeps in the bucket."""
+    from engine.io import read_json
+
+    states = [f for f in _bucket_files(f"{run}/tune/ray") if "experiment_state-" in f]
+    if not states:
+        return {}
+    try:
+        data = read_json(f"{run}/tune/ray/{sorted(states)[-1]}")
+    except (OSError, ValueError):  # being rewritten
+        return {}
+    return {(t := json.loads(row[0]))["trial_id"]: t["status"] for row in data["trial_data"]}
+
+
+def _mirrors(tmpdir: Path) -> set[str]:
+    """The URIs mirrored under a node's temp folder (``engine.remote``)."""
+    from engine.remote import MARKER
+
+    return {
+        json.loads(m.read_text())["uri"]
+        for m in (tmpdir / "raybalance" / "runs").glob(f"*/{MARKER}")
+    }
+
+
+@pytest.mark.integration
+def test_a_run_in_a_bucket_spans_both_nodes_resumes_from_it_and_predicts_from_it(cluster, trec50):
+    """The bucket is the only storage the nodes share for this run (each node mirrors into a
+    temp folder of its own): the pipeline with run_dir=s3://..., its driver killed mid-search
+    and the job submitted again, resumes from the search state and trial folders in the
+    bucket; then `raybalance predict` reads the artifact from the bucket and writes there."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    from safetensors.numpy import load
+
+    from engine.io import read_json
+
+    sid = "raybalance-bucket"
+    with in_env({k: v for k, v in cluster["env"].items() if k.startswith("AWS_")}):
+        run = f"{make_bucket('cluster-run')}/run"
+        _submit(cluster, trec50, run, sid)
+        deadline = time.monotonic() + 540
+        while "TERMINATED" not in _bucket_statuses(run).values():
+            status = _job(cluster, sid)["status"]
+            assert status in ("PENDING", "RUNNING"), f"job {status}: {_logs(cluster, sid)[-4000:]}"
+            assert time.monotonic() < deadline, f"no trial finished: {_logs(cluster, sid)[-3000:]}"
+            time.sleep(1)
+        os.kill(int(_job(cluster, sid)["driver_info"]["pid"]), signal.SIGKILL)
+        while _job(cluster, sid)["status"] not in ("FAILED", "STOPPED"):
+            assert time.monotonic() < deadline, "the killed job was not marked failed"
+            time.sleep(1)
+        finished = {t for t, st in _bucket_statuses(run).items() if st == "TERMINATED"}
+        files = _bucket_files(run)
+        assert finished and "tune/results.parquet" not in files
+        assert "baseline/metrics.json" in files
+        # the 2-worker baseline's workers persisted their checkpoints into the bucket
+        assert any(f.startswith("baseline/ray/") and "checkpoint_" in f for f in files)
+
+        _submit(cluster, trec50, run, f"{sid}-again")  # a new job, the same run_dir
+        logs = _wait_done(cluster, f"{sid}-again")
+        assert "baseline: complete artifact found, skipped" in logs
+        table = pq.read_table(f"{run}/tune/results.parquet").to_pandas()
+        assert len(table) == 4 and set(table["status"]) == {"completed"}
+        attempts = dict(zip(table["trial_id"], table["attempts"]))
+        assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
+        assert all(str(d).startswith(f"{run}/tune/trials/") for d in table["best_dir"])
+        files = _bucket_files(run)
+        for rel in ("report/report.html", "report/metrics.json", "ensemble/manifest.json"):
+            assert rel in files
+        assert any(f.startswith("logs/pipeline-") for f in files), logs[-3000:]
+        # what each node mirrored: the run on the head (its driver), the trials where they ran
+        head, second = (_mirrors(cluster["tmpdirs"][n]) for n in ("head", "second"))
+        assert run in head and run not in second
+        trials = {f"{run}/tune/trials/{t}" for t in attempts}
+        assert trials <= head | second
+
+        out = f"{run.rpartition('/')[0]}/predictions"
+        args = ["-m", "jobs.cli", "predict", f"{run}/ensemble", f"{run}/splits/test"]
+        _submit_job(cluster, "raybalance-predict", [*args, "--out", out])
+        _wait_done(cluster, "raybalance-predict")
+        got = pq.read_table(out).to_pandas()
+        labels = read_json(f"{run}/label_map.json")["labels"]
+        proba = np.stack([got[f"proba_{k}"].to_numpy() for k in labels], axis=1)
+        fs, path = pafs.FileSystem.from_uri(f"{run}/scores.safetensors")
+        with fs.open_input_stream(path) as f:
+            expected = load(f.read())["test/ensemble"]
+        assert proba.shape == expected.shape
+        assert np.allclose(proba, expected, atol=2e-4)  # row by row: the split's file order

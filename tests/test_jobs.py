@@ -193,3 +193,21 @@ def test_usage_names_the_command_as_it_was_called(capsys):
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert capsys.readouterr().out.startswith("usage: raybalance run")
+
+
+def test_a_job_run_as_a_module_names_its_log_after_the_job(monkeypatch):
+    """`python -m jobs.pipeline` (how a job is submitted to a cluster) runs its main as
+    ``__main__``: the log kept in RUN_DIR/logs is still ``pipeline-<time>.log``."""
+    import sys
+    import types
+
+    from jobs.common import _command
+    from jobs.pipeline import main
+
+    assert _command(main) == "pipeline"
+    as_script = types.FunctionType(main.__code__, {**main.__globals__, "__name__": "__main__"})
+    as_script.__module__ = "__main__"
+    fake = types.ModuleType("__main__")
+    fake.__spec__ = types.SimpleNamespace(name="jobs.pipeline")
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    assert _command(as_script) == "pipeline"
