@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pyarrow.fs as pafs
@@ -116,3 +117,64 @@ def test_fetch_copies_a_folder_once_per_state_and_names_an_empty_one(bucket):
     with pytest.raises(FileNotFoundError, match="holds no files"):
         remote.fetch(f"{bucket}/models/none")
     assert remote.fetch("/a/local/path") == "/a/local/path"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_train_and_predict_with_everything_in_a_bucket(bucket, tmp_path):
+    """`raybalance train` on an s3:// run_dir (prepare runs first), a second train refused
+    naming the bucket folder, and `raybalance predict` from the exported model folder in the
+    bucket to an output there; the local mirror is a cache the bucket can rebuild."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from engine.datasets import make_dataset
+    from engine.models import load_model
+    from tests.conftest import job_env
+
+    root = Path(__file__).parent.parent
+    data = tmp_path / "digits"
+    make_dataset("digits_lt100", str(data))
+    run = f"{bucket}/runs/digits"
+    sets = [f"data.path={data}", f"run_dir={run}", "model.hidden=[16]", "train.epochs=2"]
+
+    def job(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "jobs.cli", *args]
+        with job_env(tmp_path / "home") as env:
+            env["TMPDIR"] = str(tmp_path / "node-tmp")  # this "machine's" mirrors
+            os.makedirs(env["TMPDIR"], exist_ok=True)
+            return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+
+    train = ["train", "jobs/configs/digits_lt100.yaml"] + [a for s in sets for a in ("--set", s)]
+    proc = job(*train)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = set(_bucket_files(run))
+    assert {"run.json", "splits/_manifest.json", "train/metrics.json"} <= files
+    assert {"train/best/manifest.json", "train/best/model.safetensors"} <= files
+    assert any(f.startswith("logs/train-") for f in files)
+    assert not any("checkpoints/" in f for f in files)  # a finished run's scratch is gone
+    assert f"{run}/train/metrics.json" in proc.stdout
+    model, label_map = load_model(remote.fetch(f"{run}/train/best"))
+    assert len(label_map) == 10
+
+    # the mirror is a cache: without it, the bucket alone says the run is finished
+    for p in (tmp_path / "node-tmp" / "raybalance" / "runs").iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+    proc = job(*train)
+    assert proc.returncode == 2 and f"{run}/train holds a finished training run" in proc.stderr
+
+    out = f"{bucket}/predictions"
+    proc = job("predict", f"{run}/train/best", f"{run}/splits/test", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fs, path = pafs.FileSystem.from_uri(out)
+    got = pq.read_table(path, filesystem=fs)
+    test_rows = read_json(f"{run}/splits/_manifest.json")["rows"]["test"]
+    assert got.num_rows == test_rows
+    proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in label_map.keys], axis=1)
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+    assert read_json(f"{out}/_predict.json")["artifact"] == f"{run}/train/best"
