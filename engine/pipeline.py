@@ -455,8 +455,8 @@ def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> Pipeli
         p.digests = stage_digests(spec, prepared_digest(run.path))
 
     p.run_stage("prepare", prepare_stage)
-    with remote.local_folder(run.path) as local:
-        p.run = RunDir(local)
+    with remote.local_folder(run.path) as local, RunDir(local).lock("raybalance run"):
+        p.run = RunDir(local)  # (a bucket's mirror is locked on this machine)
         result = _later_stages(replace(spec, run_dir=local), p.run, p, overwrite)
     return replace(
         result,
