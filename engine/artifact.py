@@ -71,17 +71,21 @@ def sign_manifest(folder: str, key: bytes | None = None) -> bool:
     if key is None:
         return False
     with open(os.path.join(folder, MANIFEST), "rb") as f:
-        body = f.read()
-    sig = {
-        "alg": "hmac-sha256",
-        "manifest_sha256": hashlib.sha256(body).hexdigest(),
-        "hmac": _mac(key, body),
-    }
+        sig = signature_of(f.read(), key)
     tmp = os.path.join(folder, SIGNATURE + ".tmp")
     with open(tmp, "w") as f:
         json.dump(sig, f, indent=2)
     os.replace(tmp, os.path.join(folder, SIGNATURE))
     return True
+
+
+def signature_of(manifest: bytes, key: bytes) -> dict[str, str]:
+    """``signature.json``'s content for the manifest's bytes under ``key``."""
+    return {
+        "alg": "hmac-sha256",
+        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "hmac": _mac(key, manifest),
+    }
 
 
 def check_signature(folder: str, key: bytes) -> None:

@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -177,10 +177,24 @@ def predict(
     args = (data, out, format, keep, overwrite, batch_size)
     local = fetch(artifact)  # an artifact in a bucket: verified in a local copy
     if manifest_format(local) != MODEL_FORMAT:
-        return _predict(_reachable(load_artifact(local), artifact, False), artifact, *args)
+        art = _as_named(artifact, local, lambda: load_artifact(local))
+        return _predict(_reachable(art, artifact, False), artifact, *args)
     with tempfile.TemporaryDirectory(prefix="raybalance-model-") as tmp:
-        art = load_artifact(artifact_from_model(local, os.path.join(tmp, "artifact")))
-        return _predict(_reachable(art, artifact, True), artifact, *args)
+        made = _as_named(
+            artifact, local, lambda: artifact_from_model(local, os.path.join(tmp, "artifact"))
+        )
+        return _predict(_reachable(load_artifact(made), artifact, True), artifact, *args)
+
+
+def _as_named(artifact: str, local: str, load: Callable[[], Any]) -> Any:
+    """``load()``, its errors naming ``artifact`` (a bucket's folder) rather than the local
+    copy they were found in."""
+    try:
+        return load()
+    except ValueError as e:
+        if local == artifact:
+            raise
+        raise ValueError(str(e).replace(local, artifact)) from None
 
 
 def _reachable(art, origin: str, one_model: bool):
@@ -205,8 +219,8 @@ def check_inputs(artifact: str, data: str, format: str = "auto") -> None:
     """The checks that need no cluster: the artifact (or model folder) against its manifest,
     and that ``data`` holds data files."""
     local = fetch(artifact)
-    fmt = manifest_format(local)
-    verify_artifact(local, MODEL_FORMAT if fmt == MODEL_FORMAT else FORMAT)
+    fmt = MODEL_FORMAT if manifest_format(local) == MODEL_FORMAT else FORMAT
+    _as_named(artifact, local, lambda: verify_artifact(local, fmt))
     resolve_source(data, format)
 
 

@@ -10,18 +10,23 @@ predict`` uses only folders signed with that key. Sign only folders you trust.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.artifact import (
     FORMAT,
     KEY_ENV,
+    MANIFEST,
     MODEL_FORMAT,
     SIGNATURE,
     artifact_key,
     manifest_format,
     sign_manifest,
+    signature_of,
     verify_artifact,
 )
+from engine.io import is_uri, join, write_json_atomic
+from engine.remote import fetch
 from jobs.common import console, prog, run_main
 
 
@@ -36,10 +41,19 @@ def main(argv: list[str] | None = None) -> None:
     key = artifact_key()
     if key is None:
         raise ValueError(f"set {KEY_ENV} to the file that holds your key to sign with it")
-    fmt = MODEL_FORMAT if manifest_format(args.artifact) == MODEL_FORMAT else FORMAT
-    verify_artifact(args.artifact, fmt, signed=False)
-    sign_manifest(args.artifact, key)
-    console.print(f"signed {args.artifact} ({SIGNATURE})")
+    folder = args.artifact
+    local = fetch(folder)  # a folder in a bucket: verified in a local copy
+    fmt = MODEL_FORMAT if manifest_format(local) == MODEL_FORMAT else FORMAT
+    try:
+        verify_artifact(local, fmt, signed=False)
+    except ValueError as e:  # (named as given, not as the local copy of a bucket's folder)
+        raise ValueError(str(e).replace(local, folder)) from None
+    if is_uri(folder):
+        with open(os.path.join(local, MANIFEST), "rb") as f:
+            write_json_atomic(join(folder, SIGNATURE), signature_of(f.read(), key))
+    else:
+        sign_manifest(folder, key)
+    console.print(f"signed {folder} ({SIGNATURE})")
 
 
 if __name__ == "__main__":

@@ -142,9 +142,11 @@ def test_train_and_predict_with_everything_in_a_bucket(bucket, tmp_path):
     run = f"{bucket}/runs/digits"
     sets = [f"data.path={data}", f"run_dir={run}", "model.hidden=[16]", "train.epochs=2"]
 
-    def job(*args: str) -> subprocess.CompletedProcess:
+    def job(*args: str, key: Path | None = None) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "jobs.cli", *args]
         with job_env(tmp_path / "home") as env:
+            if key is not None:
+                env["RAYBALANCE_ARTIFACT_KEY_FILE"] = str(key)
             env["TMPDIR"] = str(tmp_path / "node-tmp")  # this "machine's" mirrors
             os.makedirs(env["TMPDIR"], exist_ok=True)
             return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
@@ -178,3 +180,16 @@ def test_train_and_predict_with_everything_in_a_bucket(bucket, tmp_path):
     proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in label_map.keys], axis=1)
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
     assert read_json(f"{out}/_predict.json")["artifact"] == f"{run}/train/best"
+
+    # with a key set, the unsigned folder in the bucket is refused (named as in the bucket)
+    # until `raybalance sign` signs it there
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    predict = ["predict", f"{run}/train/best", f"{run}/splits/test", "--out", out, "--overwrite"]
+    proc = job(*predict, key=key)
+    assert proc.returncode == 2 and f"{run}/train/best is not signed" in proc.stderr
+    proc = job("sign", f"{run}/train/best", key=key)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "train/best/signature.json" in _bucket_files(run)
+    proc = job(*predict, key=key)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
