@@ -454,8 +454,11 @@ def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> Pipeli
         prepare(spec, overwrite=overwrite)
         p.digests = stage_digests(spec, prepared_digest(run.path))
 
+    from engine.tune import KEPT_CHECKPOINTS
+
     p.run_stage("prepare", prepare_stage)
-    with remote.local_folder(run.path) as local, RunDir(local).lock("raybalance run"):
+    lazy = (f"{rundir.TUNE}/{KEPT_CHECKPOINTS}",)  # the trials' checkpoints stay in the bucket
+    with remote.local_folder(run.path, lazy) as local, RunDir(local).lock("raybalance run"):
         p.run = RunDir(local)  # (a bucket's mirror is locked on this machine)
         result = _later_stages(replace(spec, run_dir=local), p.run, p, overwrite)
     return replace(

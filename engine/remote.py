@@ -18,6 +18,7 @@ reader who sees a record sees what it vouches for.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -106,15 +107,18 @@ def _prune(root: str, rel_dir: str) -> None:
 class Mirror:
     """A local mirror of the run folder (or one of its folders) at ``uri``. ``local`` and
     ``remote`` are the stamps of the files as the last pull or push left them on each side
-    (kept in the marker, so that the next process pulls only what changed)."""
+    (kept in the marker, so that the next process pulls only what changed). Files matching
+    ``lazy`` (``fnmatch`` patterns of relative paths) are not pulled: whoever needs one
+    fetches it (a run's trial checkpoints, needed only to export a trial stopped early)."""
 
     uri: str
     path: str
     local: dict[str, list[int]] = field(default_factory=dict)
     remote: dict[str, list[int]] = field(default_factory=dict)
+    lazy: tuple[str, ...] = ()
 
     def _save(self) -> None:
-        record = {"uri": self.uri, "local": self.local, "remote": self.remote}
+        record = {"uri": self.uri, "local": self.local, "remote": self.remote, "lazy": self.lazy}
         tmp = os.path.join(self.path, MARKER + ".tmp-save")
         with open(tmp, "w") as f:
             json.dump(record, f)
@@ -125,10 +129,12 @@ class Mirror:
         returns what was copied in."""
         fs, root = filesystem_and_path(self.uri)
         theirs = remote_files(self.uri)
+        theirs = {r: st for r, st in theirs.items() if not _matches(r, self.lazy)}
         mine = local_files(self.path)
         for rel in set(mine) - set(theirs):
-            os.remove(os.path.join(self.path, rel))
-            _prune(self.path, os.path.dirname(rel))
+            if not _matches(rel, self.lazy):  # (a lazy file here was put by this machine)
+                os.remove(os.path.join(self.path, rel))
+                _prune(self.path, os.path.dirname(rel))
         copied = []
         for rel, stamp in sorted(theirs.items()):
             same = self.remote.get(rel) == stamp and self.local.get(rel) == mine.get(rel)
@@ -157,28 +163,37 @@ class Mirror:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(join(root, rel))
         self.local, self.remote = mine, remote_files(self.uri)
+        self.remote = {r: st for r, st in self.remote.items() if not _matches(r, self.lazy)}
         self._save()
         return changed
 
 
-def _load(path: str, uri: str) -> Mirror:
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
+
+
+def _load(path: str, uri: str, lazy: tuple[str, ...] | None = None) -> Mirror:
+    """The mirror at ``path`` with its record (``lazy``: as recorded unless given)."""
     m = Mirror(uri, path)
     try:
         with open(os.path.join(path, MARKER)) as f:
             record = json.load(f)
         if record.get("uri") == uri:
             m.local, m.remote = record.get("local", {}), record.get("remote", {})
+            m.lazy = tuple(record.get("lazy", ()))
     except (FileNotFoundError, json.JSONDecodeError):
         pass
+    if lazy is not None:
+        m.lazy = lazy
     return m
 
 
-def open_mirror(uri: str, kind: str = "runs") -> Mirror:
-    """The mirror of ``uri`` on this machine, pulled."""
+def open_mirror(uri: str, kind: str = "runs", lazy: tuple[str, ...] = ()) -> Mirror:
+    """The mirror of ``uri`` on this machine, pulled (but files matching ``lazy``)."""
     uri = uri.rstrip("/")
     path = mirror_dir(uri, kind)
     os.makedirs(path, exist_ok=True)
-    m = _load(path, uri)
+    m = _load(path, uri, lazy)
     m.pull()
     return m
 
@@ -212,10 +227,10 @@ def sync_enclosing(path: str) -> None:
 
 
 @contextlib.contextmanager
-def mirrored(uri: str, kind: str = "runs") -> Iterator[Mirror]:
+def mirrored(uri: str, kind: str = "runs", lazy: tuple[str, ...] = ()) -> Iterator[Mirror]:
     """A pulled mirror of ``uri``, pushed when the block ends, also when it fails (each file in
     the mirror is whole: every writer writes under a temporary name and renames)."""
-    m = open_mirror(uri, kind)
+    m = open_mirror(uri, kind, lazy)
     try:
         yield m
     except BaseException:
@@ -265,13 +280,13 @@ def remove(path: str) -> None:
 
 
 @contextlib.contextmanager
-def local_folder(path: str) -> Iterator[str]:
+def local_folder(path: str, lazy: tuple[str, ...] = ()) -> Iterator[str]:
     """``path`` as a local folder to write with plain file operations: a URI's mirror (pushed
-    when the block ends), else ``path`` made absolute."""
+    when the block ends; ``lazy``: what it does not pull), else ``path`` made absolute."""
     if not is_uri(path):
         yield os.path.abspath(path)
         return
-    with mirrored(path) as m:
+    with mirrored(path, lazy=lazy) as m:
         yield m.path
 
 

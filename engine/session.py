@@ -254,11 +254,12 @@ def remove_partial(storage: str) -> list[str]:
     return gone
 
 
-def kept_checkpoints(out: str) -> list[tuple[str, dict[str, Any]]]:
-    """The checkpoints an earlier attempt of this trial kept (each holds its history)."""
+def kept_checkpoints(out: str, root: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The checkpoints an earlier attempt of this trial kept in ``out/checkpoints`` (or in
+    ``root``, a copy of that folder), each with its history's last row."""
     import json
 
-    root = os.path.join(out, "checkpoints")
+    root = root or os.path.join(out, "checkpoints")
     kept = []
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         history = os.path.join(root, name, "history.json")

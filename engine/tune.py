@@ -80,6 +80,7 @@ A finished search is refused unless ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -123,6 +124,7 @@ log = logging.getLogger("raybalance")
 
 TUNE_DIR = rundir.TUNE
 TRIALS = "trials"  # RUN_DIR/tune/trials/<trial id>/: each trial's fit output
+KEPT_CHECKPOINTS = f"{TRIALS}/*/checkpoints/*"  # (under tune/) what each trial's session kept
 SEARCH_RECORD = "search.json"  # the spec and space a search was made from
 RESULTS_CSV = "results.csv"  # beside rundir.RESULTS
 SUMMARY = "summary.json"  # trials planned and run, the time budget
@@ -590,13 +592,18 @@ def _export_best(
 ) -> str | None:
     """``trial_dir/best``: fit's export, or (a trial stopped early) its best checkpoint's model
     (a Train checkpoint in ``rows``, or one an in-process trial kept in its folder)."""
+    from engine.remote import durable, enclosing, fetch
     from engine.session import kept_checkpoints
 
     best = os.path.join(trial_dir, "best")
     if os.path.isdir(best):
         return best
     sign = -1 if _mode(metric) == "min" else 1
-    kept = [{**m, "checkpoint_path": p} for p, m in kept_checkpoints(trial_dir)]
+    found = kept_checkpoints(trial_dir)
+    if not found and enclosing(trial_dir) is not None:  # a run's mirror leaves them in the bucket
+        with contextlib.suppress(FileNotFoundError):
+            found = kept_checkpoints(trial_dir, fetch(f"{durable(trial_dir)}/checkpoints"))
+    kept = [{**m, "checkpoint_path": p} for p, m in found]
     ranked = sorted(
         (r for r in [*rows, *kept] if r.get("checkpoint_path") and _finite(r.get(metric))),
         key=lambda r: -sign * r[metric],
@@ -895,7 +902,8 @@ def _clear_finished(tune_dir: str, overwrite: bool) -> None:
     elif not overwrite:
         return
     clear(tune_dir)
-    remove(join(durable(tune_dir), "ray"))  # Tune's storage (in the bucket for a mirror)
+    for what in ("ray", TRIALS):  # Tune's storage, and the trials' checkpoints a mirror left
+        remove(join(durable(tune_dir), what))
 
 
 def _check_restorable(tune_dir: str, experiment: str, record: dict[str, Any]) -> bool:
@@ -916,6 +924,7 @@ def _check_restorable(tune_dir: str, experiment: str, record: dict[str, Any]) ->
         return True
     remove(experiment)
     shutil.rmtree(join(tune_dir, TRIALS), ignore_errors=True)
+    remove(join(durable(tune_dir), TRIALS))  # (in the bucket, for a mirror)
     write_json_atomic(record_path, record)
     return False
 
@@ -938,7 +947,8 @@ def search(spec: JobSpec, *, overwrite: bool = False) -> TuneResult:
     t = spec.tune
     spec, _, space = _search_inputs(spec)
     run = RunDir(spec.run_dir)
-    with run.lock("raybalance tune"), local_folder(run.tune) as tune_dir:
+    lazy = (KEPT_CHECKPOINTS,)  # in a bucket: fetched only to export a trial stopped early
+    with run.lock("raybalance tune"), local_folder(run.tune, lazy) as tune_dir:
         return _search(spec, t, space, overwrite, tune_dir)
 
 

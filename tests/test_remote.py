@@ -77,6 +77,23 @@ def test_a_pull_brings_what_another_machine_wrote_even_at_the_same_size(bucket):
     assert not os.path.exists(os.path.join(m.path, "tune", "trials", "t2"))
 
 
+def test_lazy_files_stay_in_the_bucket_until_fetched(bucket):
+    uri = f"{bucket}/runs/lazy"
+    write_json_atomic(f"{uri}/tune/trials/t1/metrics.json", [])
+    write_json_atomic(f"{uri}/tune/trials/t1/checkpoints/epoch-00001/history.json", [{"e": 1}])
+    lazy = ("tune/trials/*/checkpoints/*",)
+    m = remote.open_mirror(uri, lazy=lazy)
+    assert os.path.exists(os.path.join(m.path, "tune/trials/t1/metrics.json"))
+    assert not os.path.exists(os.path.join(m.path, "tune/trials/t1/checkpoints"))
+    _write(os.path.join(m.path, "report", "metrics.json"), "{}")
+    m.push()  # what the mirror never pulled is not removed from the bucket
+    assert "tune/trials/t1/checkpoints/epoch-00001/history.json" in _bucket_files(uri)
+    again = remote.enclosing(os.path.join(m.path, "tune", "trials", "t1"))
+    assert again is not None and again.lazy == lazy and again.pull() == []
+    got = remote.fetch(f"{uri}/tune/trials/t1/checkpoints")
+    assert read_json(os.path.join(got, "epoch-00001", "history.json")) == [{"e": 1}]
+
+
 def test_a_failed_block_still_pushes_what_it_finished_and_raises_its_own_error(bucket):
     uri = f"{bucket}/runs/c"
     with pytest.raises(RuntimeError, match="stage failed"):

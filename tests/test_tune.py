@@ -614,3 +614,26 @@ def test_more_gpu_workers_than_gpus_are_refused_naming_both():
         {"CPU": 4}, TrainSpec(use_gpu=True), streaming=False, trials=4, nodes=[{"CPU": 4.0}]
     )
     assert res.cpus_per_worker <= 1.0
+
+
+def test_a_stopped_trial_in_a_bucket_is_exported_from_its_checkpoints_there(bucket):
+    """A run's mirror leaves the trials' kept checkpoints in the bucket: a trial stopped before
+    its own export gets its best/ from the best of them, fetched when needed."""
+    from engine import remote
+    from engine.io import write_bytes_atomic, write_json_atomic
+    from engine.tune import _export_best
+
+    trial = f"{bucket}/runs/r/tune/trials/t1"
+    for epoch, f1 in ((0, 0.4), (1, 0.7)):
+        ckpt = f"{trial}/checkpoints/epoch-{epoch:05d}"
+        write_json_atomic(f"{ckpt}/history.json", [{"epoch": epoch, "val_macro_f1": f1}])
+        write_bytes_atomic(f"{ckpt}/model/model.safetensors", f"weights {epoch}".encode())
+    write_json_atomic(f"{trial}/attempts.jsonl", {})
+    with remote.mirrored(f"{bucket}/runs/r", lazy=("tune/trials/*/checkpoints/*",)) as m:
+        local = Path(m.path) / "tune/trials/t1"
+        assert local.is_dir() and not (local / "checkpoints").exists()
+        best = _export_best(str(local), [], "val_macro_f1")
+        assert best == str(local / "best")
+        assert (local / "best/model.safetensors").read_bytes() == b"weights 1"
+    pushed = Path(remote.fetch(f"{trial}/best"))  # and it is in the bucket
+    assert (pushed / "model.safetensors").read_bytes() == b"weights 1"
