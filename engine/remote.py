@@ -235,11 +235,11 @@ def mirrored(uri: str, kind: str = "runs", lazy: tuple[str, ...] = ()) -> Iterat
         yield m
     except BaseException:
         try:
-            m.push()
+            _load(m.path, m.uri).push()
         except Exception:  # the block's own error is the one to see
             log.exception("pushing %s to %s after a failure failed", m.path, m.uri)
         raise
-    m.push()
+    _load(m.path, m.uri).push()  # (as its record stands: the block may have pushed meanwhile)
 
 
 def mirrored_uri(folder: str) -> str | None:

@@ -94,6 +94,17 @@ def test_lazy_files_stay_in_the_bucket_until_fetched(bucket):
     assert read_json(os.path.join(got, "epoch-00001", "history.json")) == [{"e": 1}]
 
 
+def test_what_the_block_pushed_itself_is_not_copied_again_when_it_ends(bucket):
+    uri = f"{bucket}/runs/twice"
+    fs, root = pafs.FileSystem.from_uri(uri)
+    with remote.mirrored(uri) as m:
+        _write(os.path.join(m.path, "tune", "trials", "t", "attempts.jsonl"), "{}\n")
+        remote.push_enclosing(os.path.join(m.path, "tune", "trials", "t"))  # as a trial does
+        first = fs.get_file_info(f"{root}/tune/trials/t/attempts.jsonl").mtime_ns
+        time.sleep(1.1)  # (object times have whole seconds)
+    assert fs.get_file_info(f"{root}/tune/trials/t/attempts.jsonl").mtime_ns == first
+
+
 def test_a_failed_block_still_pushes_what_it_finished_and_raises_its_own_error(bucket):
     uri = f"{bucket}/runs/c"
     with pytest.raises(RuntimeError, match="stage failed"):
