@@ -69,12 +69,15 @@ def s3(tmp_path_factory):
 
 
 @pytest.fixture
-def bucket(s3, request):
-    """A new bucket on the session's S3 server: ``s3://<name>``."""
+def bucket(s3, tmp_path, monkeypatch):
+    """A new bucket on the session's S3 server: ``s3://<name>``; the test's mirrors and
+    fetched copies (engine.remote) go under its own temp folder."""
     import uuid
 
     from tests._s3 import make_bucket
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
     return make_bucket(f"t-{uuid.uuid4().hex[:12]}")
 
 
