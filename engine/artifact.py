@@ -298,6 +298,7 @@ class Artifact:
     thresholds: Any  # engine.thresholds.Thresholds
     members: list[ModelRef]
     embed: EmbedSpec | None
+    embed_files: dict[str, str] | None = None  # the encoder's {file: sha256} (one in a bucket)
 
     @property
     def weights(self) -> list[float]:

@@ -209,10 +209,12 @@ def _reachable(art, origin: str, one_model: bool):
         rel = os.path.relpath(ref.dir, art.path).replace(os.sep, "/")
         files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
         members.append(replace(ref, dir=origin if one_model else join(origin, rel), files=files))
-    embed = art.embed
+    embed, embed_files = art.embed, None
     if embed is not None and not one_model:
-        embed = replace(embed, model=join(origin, os.path.relpath(embed.model, art.path)))
-    return replace(art, members=members, embed=embed)
+        rel = os.path.relpath(embed.model, art.path).replace(os.sep, "/")
+        embed = replace(embed, model=join(origin, rel))
+        embed_files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
+    return replace(art, members=members, embed=embed, embed_files=embed_files)
 
 
 def check_inputs(artifact: str, data: str, format: str = "auto") -> None:
@@ -263,6 +265,7 @@ def _predict(
         combine_args=art.combine_args(),
         keep=[*keep, ROW],
         batch_size=batch_size,
+        embed_files=art.embed_files,
     )
     tmp = writer_temp_dir(fs, root)
     try:

@@ -143,14 +143,15 @@ def _numeric_matrix(batch: pa.Table, columns: Sequence[str]) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def _loadable(ref: ModelRef) -> str:
-    """The member's folder on this node: fetched when it is in a bucket, and checked against
-    the hashes its reference carries (those of a verified artifact)."""
-    folder = fetch(ref.dir)
-    for rel, digest in (ref.files or {}).items():
-        if sha256_file(os.path.join(folder, rel)) != digest:
+def loadable(where: str, files: Mapping[str, str] | None) -> str:
+    """A model folder on this node: fetched when it is in a bucket, and checked against the
+    hashes ``files`` ({file in it: sha256}, those of a verified artifact) when given."""
+    folder = fetch(where)
+    for rel, digest in (files or {}).items():
+        path = os.path.join(folder, rel)
+        if not os.path.isfile(path) or sha256_file(path) != digest:
             raise ValueError(
-                f"{ref.dir}/{rel} does not match the artifact's manifest: the folder changed "
+                f"{where}/{rel} does not match the artifact's manifest: the folder changed "
                 "after the artifact was verified; rebuild it or restore the file"
             )
     return folder
@@ -187,7 +188,7 @@ class Scorer:
         self.refs = [ModelRef(**m) for m in models]
         self.models = []
         for ref in self.refs:
-            model, _ = load_model(_loadable(ref))
+            model, _ = load_model(loadable(ref.dir, ref.files))
             self.models.append(model.to(self.device).eval())
         self.columns = columns
         self.label_map = LabelMap.from_json(label_map)
@@ -216,7 +217,8 @@ class Scorer:
         if self.encoder is None:
             from engine.embed import Encoder
 
-            embed = {**self.embed, "model": fetch(self.embed["model"])}  # (in a bucket: fetched)
+            embed = {k: v for k, v in self.embed.items() if k != "files"}
+            embed["model"] = loadable(embed["model"], self.embed.get("files"))
             self.encoder = Encoder(embed, self.columns["text"], self.threads, str(self.device))
         return self.encoder.encode(self._text(batch))
 
@@ -342,18 +344,23 @@ def map_scorer(
     combine_args: dict[str, Any] | None = None,
     keep: list[str] | None = None,
     batch_size: int = 512,
+    embed_files: Mapping[str, str] | None = None,
 ):
-    """``ds`` through the scoring actor pool (lazy, like any Ray Data transform)."""
+    """``ds`` through the scoring actor pool (lazy, like any Ray Data transform).
+    ``embed_files``: the encoder folder's {file: sha256}, checked where it is loaded."""
     import ray
 
     plan = scoring_pool()
+    encoder = None
+    if embed is not None:
+        encoder = {**asdict(embed), "files": dict(embed_files or {})}
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs={
             "models": [{**asdict(r), "dir": durable(r.dir)} for r in refs],  # any node
             "columns": columns,
             "label_map": label_map.to_json(),
-            "embed": asdict(embed) if embed is not None else None,
+            "embed": encoder,
             "threads": plan.threads,
             "device": plan.device,
             "with_labels": with_labels,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -155,7 +156,6 @@ def test_train_and_predict_with_everything_in_a_bucket(bucket, tmp_path):
     bucket to an output there; the local mirror is a cache the bucket can rebuild."""
     import subprocess
     import sys
-    from pathlib import Path
 
     import numpy as np
     import pyarrow.parquet as pq
@@ -221,3 +221,23 @@ def test_train_and_predict_with_everything_in_a_bucket(bucket, tmp_path):
     assert "train/best/signature.json" in _bucket_files(run)
     proc = job(*predict, key=key)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_a_folder_loaded_from_a_bucket_is_checked_against_the_verified_hashes(bucket):
+    """Where a scoring actor loads a member or the encoder from a bucket, each file must still
+    have the sha256 the driver verified; a file changed (or gone) since is refused by name."""
+    import hashlib
+
+    from engine.io import write_bytes_atomic
+    from engine.scoring import loadable
+
+    uri = f"{bucket}/art/members/m1"
+    write_bytes_atomic(f"{uri}/model.safetensors", b"weights")
+    good = {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    got = Path(loadable(uri, good)) / "model.safetensors"
+    assert got.read_bytes() == b"weights"
+    with pytest.raises(ValueError, match=rf"{uri}/model.safetensors does not match"):
+        loadable(uri, {"model.safetensors": hashlib.sha256(b"other").hexdigest()})
+    with pytest.raises(ValueError, match=rf"{uri}/config.json does not match"):
+        loadable(uri, {**good, "config.json": "0" * 64})
+    assert loadable("/a/local/model", None) == "/a/local/model"  # nothing to fetch or check
