@@ -205,7 +205,7 @@ def _upload_logs(route: LogRoute, folder: str, command: str, stamp: str) -> str 
             ray_logs = session_logs_dir()
             if ray_logs:
                 _copy_session_logs(ray_logs, os.path.join(tmp, f"ray-{stamp}"))
-            pafs.copy_files(tmp, folder.rstrip("/"), destination_filesystem=None)
+            pafs.copy_files(tmp, folder.rstrip("/"))
         return dest
     finally:
         os.remove(route.path)

@@ -447,14 +447,13 @@ def _run_stages(spec: JobSpec, run: RunDir, on_stage, overwrite: bool) -> Pipeli
     """Prepare writes the run folder where it is; the later stages write a local mirror of it
     when it is in a bucket (``engine.remote``), pushed after each stage."""
     from engine.prepare import prepare
+    from engine.tune import KEPT_CHECKPOINTS
 
     p = _Progress(run, on_stage or (lambda stage, event: None))
 
     def prepare_stage() -> None:  # prepare skips its own up-to-date steps
         prepare(spec, overwrite=overwrite)
         p.digests = stage_digests(spec, prepared_digest(run.path))
-
-    from engine.tune import KEPT_CHECKPOINTS
 
     p.run_stage("prepare", prepare_stage)
     lazy = (f"{rundir.TUNE}/{KEPT_CHECKPOINTS}",)  # the trials' checkpoints stay in the bucket

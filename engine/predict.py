@@ -178,12 +178,12 @@ def predict(
     local = fetch(artifact)  # an artifact in a bucket: verified in a local copy
     if manifest_format(local) != MODEL_FORMAT:
         art = _as_named(artifact, local, lambda: load_artifact(local))
-        return _predict(_reachable(art, artifact, False), artifact, *args)
+        return _predict(_reachable(art, artifact, False), artifact, local, *args)
     with tempfile.TemporaryDirectory(prefix="raybalance-model-") as tmp:
         made = _as_named(
             artifact, local, lambda: artifact_from_model(local, os.path.join(tmp, "artifact"))
         )
-        return _predict(_reachable(load_artifact(made), artifact, True), artifact, *args)
+        return _predict(_reachable(load_artifact(made), artifact, True), artifact, local, *args)
 
 
 def _as_named(artifact: str, local: str, load: Callable[[], Any]) -> Any:
@@ -203,17 +203,22 @@ def _reachable(art, origin: str, one_model: bool):
     manifest's hashes; ``one_model``: ``origin`` is a model folder (the one member)."""
     if not is_uri(origin):
         return art
-    listed = art.manifest["files"]
+
+    def inside(folder: str) -> tuple[str, dict[str, str]]:
+        """(the artifact folder ``folder`` in the bucket, the manifest's hashes of its files)."""
+        rel = os.path.relpath(folder, art.path).replace(os.sep, "/")
+        listed = art.manifest["files"]
+        files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
+        return join(origin, rel), files
+
     members = []
     for ref in art.members:
-        rel = os.path.relpath(ref.dir, art.path).replace(os.sep, "/")
-        files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
-        members.append(replace(ref, dir=origin if one_model else join(origin, rel), files=files))
+        where, files = inside(ref.dir)
+        members.append(replace(ref, dir=origin if one_model else where, files=files))
     embed, embed_files = art.embed, None
     if embed is not None and not one_model:
-        rel = os.path.relpath(embed.model, art.path).replace(os.sep, "/")
-        embed = replace(embed, model=join(origin, rel))
-        embed_files = {k[len(rel) + 1 :]: v for k, v in listed.items() if k.startswith(rel + "/")}
+        where, embed_files = inside(embed.model)
+        embed = replace(embed, model=where)
     return replace(art, members=members, embed=embed, embed_files=embed_files)
 
 
@@ -229,6 +234,7 @@ def check_inputs(artifact: str, data: str, format: str = "auto") -> None:
 def _predict(
     art,
     origin: str,
+    verified: str,
     data: str,
     out: str,
     format: str,
@@ -286,7 +292,7 @@ def _predict(
             "predicted": counts,
             "data": data,
             "artifact": origin if is_uri(origin) else os.path.abspath(origin),
-            "manifest_sha256": sha256_file(os.path.join(fetch(origin), MANIFEST)),
+            "manifest_sha256": sha256_file(os.path.join(verified, MANIFEST)),  # the copy used
         }
         with fs.open_output_stream(f"{tmp}/{SUMMARY}") as f:
             f.write(json.dumps(summary, indent=2).encode())

@@ -34,7 +34,7 @@ from engine.io import COMPLETION, filesystem_and_path, is_uri, join
 
 log = logging.getLogger(__name__)
 
-MARKER = ".raybalance-remote.json"  # in a mirror's root: {"uri": ...}
+MARKER = ".raybalance-remote.json"  # in a mirror's root: its URI, stamps and lazy patterns
 LOCK = ".raybalance.lock"  # (engine.rundir's) a writer's hold on a local folder
 IN_BUCKET = ("splits", "embedded", "resampled", "ray")  # never mirrored: read where they are
 
@@ -172,19 +172,24 @@ def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(rel, p) for p in patterns)
 
 
-def _load(path: str, uri: str, lazy: tuple[str, ...] | None = None) -> Mirror:
-    """The mirror at ``path`` with its record (``lazy``: as recorded unless given)."""
-    m = Mirror(uri, path)
+def _record(folder: str) -> dict:
+    """The marker of the mirror ``folder`` ({} for a plain local folder)."""
     try:
-        with open(os.path.join(path, MARKER)) as f:
+        with open(os.path.join(folder, MARKER)) as f:
             record = json.load(f)
-        if record.get("uri") == uri:
-            m.local, m.remote = record.get("local", {}), record.get("remote", {})
-            m.lazy = tuple(record.get("lazy", ()))
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    if lazy is not None:
-        m.lazy = lazy
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _load(path: str, uri: str, lazy: tuple[str, ...] | None = None) -> Mirror:
+    """The mirror of ``uri`` at ``path`` with its recorded stamps (none when the marker is
+    missing or names another URI); ``lazy`` as recorded unless given."""
+    record = _record(path)
+    if record.get("uri") != uri:
+        record = {}
+    m = Mirror(uri, path, record.get("local", {}), record.get("remote", {}))
+    m.lazy = lazy if lazy is not None else tuple(record.get("lazy", ()))
     return m
 
 
@@ -202,7 +207,7 @@ def enclosing(path: str) -> Mirror | None:
     """The mirror that holds the local ``path``, or None."""
     head = os.path.abspath(path)
     while True:
-        uri = mirrored_uri(head)
+        uri = _record(head).get("uri")
         if uri is not None:
             return _load(head, uri)
         parent = os.path.dirname(head)
@@ -244,11 +249,7 @@ def mirrored(uri: str, kind: str = "runs", lazy: tuple[str, ...] = ()) -> Iterat
 
 def mirrored_uri(folder: str) -> str | None:
     """The URI whose mirror ``folder`` is, or None for a plain local folder."""
-    try:
-        with open(os.path.join(folder, MARKER)) as f:
-            return json.load(f)["uri"]
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, KeyError):
-        return None
+    return _record(folder).get("uri")
 
 
 def durable(path: str) -> str:

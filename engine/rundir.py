@@ -75,16 +75,12 @@ class RunDir:
 
     @functools.cached_property
     def data_root(self) -> str:
-        """Where the data folders are: the bucket when this folder is a local mirror of a run
-        folder in object storage (``engine.remote``), else the folder itself."""
+        """The folder as every node reaches it, where its data folders are: the bucket when
+        this folder is a local mirror of a run folder in object storage (``engine.remote``),
+        else the folder itself."""
         if is_uri(self.path):
             return self.path
         return remote.mirrored_uri(self.path) or self.path
-
-    @property
-    def durable(self) -> str:
-        """The folder as every node reaches it: its URI when it is a mirror."""
-        return self.data_root
 
     def join(self, *parts: str) -> str:
         first = "/".join(parts).strip("/").partition("/")[0]
@@ -211,7 +207,7 @@ class RunDir:
         manifest = self.split_manifest()
         if manifest is None:
             raise ValueError(
-                f"{self.durable} has no complete splits: run `raybalance prepare` first"
+                f"{self.data_root} has no complete splits: run `raybalance prepare` first"
             )
         return manifest
 
@@ -246,9 +242,9 @@ class RunDir:
                 differs.insert(0, "name")
             if differs:
                 raise ValueError(
-                    f"run_dir {self.durable!r} holds the artifacts of run {theirs.get('name')!r}, "
-                    f"made with a different {', '.join(differs)}; choose another run_dir (or "
-                    "name), or pass --overwrite to replace them"
+                    f"run_dir {self.data_root!r} holds the artifacts of run "
+                    f"{theirs.get('name')!r}, made with a different {', '.join(differs)}; choose "
+                    "another run_dir (or name), or pass --overwrite to replace them"
                 )
 
     def check_prepared_with(self, spec: JobSpec) -> None:
@@ -260,8 +256,9 @@ class RunDir:
         ]
         if stale:
             raise ValueError(
-                f"the splits in {self.durable} were prepared with another {', '.join(stale)} spec; "
-                "run `raybalance prepare --overwrite` with this spec first, or use another run_dir"
+                f"the splits in {self.data_root} were prepared with another "
+                f"{', '.join(stale)} spec; run `raybalance prepare --overwrite` with this spec "
+                "first, or use another run_dir"
             )
 
     # ---- one writer at a time

@@ -828,7 +828,7 @@ def fit(
         for path in remove_partial(config["checkpoints"]):
             log.warning("train: removed %s, a checkpoint whose copy to storage failed", path)
         best_dir, history, best = export_best(result, spec, out)
-    return TrainResult(run.durable, remote.durable(best_dir), history, best)
+    return TrainResult(run.data_root, remote.durable(best_dir), history, best)
 
 
 def _failure_line(error: BaseException, spec: JobSpec, out: str) -> str:
@@ -901,7 +901,7 @@ def fit_in_process(
         )
     with _fit_folders(spec, out_dir, overwrite) as (run, out):
         history, best_dir, best = _fit_here(spec, run, out, train_data, step_hook, tune)
-    return TrainResult(run.durable, remote.durable(best_dir), history, best)
+    return TrainResult(run.data_root, remote.durable(best_dir), history, best)
 
 
 def _fit_here(
