@@ -200,20 +200,26 @@ def fit_combination(
 
 
 def contributions(
-    y: np.ndarray, probas: Sequence[np.ndarray], fit: Combination, criterion: str = "macro_f1"
+    y: np.ndarray,
+    probas: Sequence[np.ndarray],
+    fit: Combination,
+    criterion: str = "macro_f1",
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> list[float]:
     """What each member adds: the ensemble's ``decision_score`` (argmax decisions) minus that
     of the ensemble without the member (the others' fitted weights renormalized, every
-    temperature kept). Positive: the ensemble is better with it. NaN for one member or no
-    rows."""
-    m = len(probas)
+    temperature kept). ``groups``: the indices of ``probas`` that make one member (a
+    cross-fitted member's fold models; default: one each). Positive: the ensemble is better
+    with it. NaN for one member or no rows."""
+    groups = [[i] for i in range(len(probas))] if groups is None else groups
+    m = len(groups)
     if m < 2 or len(y) == 0:
         return [float("nan")] * m
-    ts = fit.member_temperatures or [1.0] * m
+    ts = fit.member_temperatures or [1.0] * len(probas)
     full = decision_score(y, combine(probas, fit.weights, fit.temperature, ts), criterion)
     out = []
-    for i in range(m):
-        rest = [j for j in range(m) if j != i]
+    for group in groups:
+        rest = [j for j in range(len(probas)) if j not in group]
         w = [fit.weights[j] for j in rest]
         if sum(w) <= 0:  # the others carry no weight: without this member, nothing is left
             out.append(float("nan"))

@@ -247,8 +247,9 @@ class ModelSpec:
     MLP or lexical model without hidden layers, so everything that reads those reads it.
 
     ``gbdt``: gradient-boosted trees (LightGBM, ``engine.gbdt``) over the feature columns or the
-    text's embeddings, rounds stopped early on val, rows weighted by the loss's class weights;
-    saved as LightGBM's text model. Loss name, sampler, lr and epochs do not apply.
+    text's embeddings, rounds stopped early on val (or ``rounds`` of them), rows weighted by
+    the loss's class weights; saved as LightGBM's text model. Loss name, sampler, lr and
+    epochs do not apply.
     """
 
     kind: Literal["transformer", "mlp", "lexical", "linear", "gbdt"] = "transformer"
@@ -266,10 +267,17 @@ class ModelSpec:
     standardize: bool | None = None
     # linear: inverse L2 regularization strength; null: the best on val of LINEAR_C_GRID
     C: float | None = None
+    # gbdt: the number of boosting rounds; null: stopped early on the val log-loss
+    rounds: int | None = None
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
         _require(self.C is None or self.C > 0, "C", f"must be > 0 or null, got {self.C}")
+        _require(
+            self.rounds is None or self.rounds >= 1,
+            "rounds",
+            f"must be >= 1 or null, got {self.rounds}",
+        )
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         _require(
@@ -366,8 +374,12 @@ class TrainSpec:
     max_failures: int = 1
     cpus_per_worker: float | None = None
     precision_floor: float = 0.5
+    # which checkpoint is the model: the best by ``metric``, or the last epoch's (a fit whose
+    # number of epochs was chosen before, as a cross-fitting fold's: nothing is chosen on val)
+    keep: Literal["best", "last"] = "best"
 
     def __post_init__(self) -> None:
+        _require(self.keep in ("best", "last"), "keep", f"use best or last, got {self.keep!r}")
         for key in ("epochs", "batch_size", "num_workers", "grad_accum", "eval_batch_size"):
             v = getattr(self, key)
             _require(v >= 1, key, f"must be >= 1, got {v}")
@@ -396,6 +408,11 @@ class TrainSpec:
         """Each worker's share of the global ``batch_size``: N workers train with the same
         samples per optimizer step as one (adding workers changes the speed, not the model)."""
         return self.batch_size // self.num_workers
+
+    @property
+    def checkpoint_metric(self) -> str:
+        """What ranks checkpoints: ``metric``, or ``epoch`` (the last wins) for ``keep: last``."""
+        return "epoch" if self.keep == "last" else self.metric
 
 
 @dataclass(frozen=True)
@@ -455,16 +472,27 @@ class EnsembleSpec:
     the best and adds the candidate that improves the val ``tune.metric`` of the mean most,
     while one does (val NLL for PR-AUC and loss); ``top_k`` keeps all of them. They are
     averaged (``weights``: ``equal``, or ``fitted`` on val NLL) and temperature-scaled on val
-    when ``temperature`` (``engine.ensemble``)."""
+    when ``temperature`` (``engine.ensemble``).
+
+    ``cross_fit``: k >= 2 cross-fits the candidates (``engine.crossfit``): each trained again
+    on k exactly stratified folds of train + val, and selection, weights, temperatures and
+    thresholds fitted on their out-of-fold probabilities of every labelled row instead of on
+    val; each member is then the mean of its k fold models. 0: fitted on val."""
 
     top_k: int = 3
     candidates: Literal["best", "per_kind"] = "best"
     selection: Literal["greedy", "top_k"] = "greedy"
     weights: Literal["equal", "fitted"] = "equal"
     temperature: bool = True
+    cross_fit: int = 0
 
     def __post_init__(self) -> None:
         _require(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
+        _require(
+            self.cross_fit == 0 or 2 <= self.cross_fit <= 20,
+            "cross_fit",
+            f"is the number of folds: 0 (off) or 2..20, got {self.cross_fit}",
+        )
 
 
 @dataclass(frozen=True)
@@ -676,6 +704,25 @@ def load_spec(
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:
     return dataclasses.asdict(spec)
+
+
+# Settings added after run folders were made, with the default that behaves as before: a
+# record of a spec (what a stage's digest and a search's restore compare) leaves them out
+# while they are at it, so a folder made before they existed still matches its spec.
+LATER_SETTINGS = {
+    ("model", "rounds"): None,
+    ("train", "keep"): "best",
+    ("ensemble", "cross_fit"): 0,
+}
+
+
+def spec_record(spec: JobSpec) -> dict[str, Any]:
+    """``asdict(spec)`` without the ``LATER_SETTINGS`` at their defaults."""
+    d = dataclasses.asdict(spec)
+    for (section, key), default in LATER_SETTINGS.items():
+        if d[section].get(key, default) == default:
+            d[section].pop(key, None)
+    return d
 
 
 def dump_spec(spec: JobSpec) -> str:

@@ -89,9 +89,11 @@ def fit_booster(
     x_val: np.ndarray,
     y_val: np.ndarray,
     seed: int = 0,
+    rounds: int | None = None,
 ):
     """A LightGBM booster on ``x, y`` (rows weighted by their class's weight), its rounds
-    stopped early on the val log-loss (val rows weighted the same way)."""
+    stopped early on the val log-loss (val rows weighted the same way), or ``rounds`` of them
+    (val unused)."""
     import lightgbm as lgb
 
     y = np.asarray(y, dtype=np.int64)
@@ -107,6 +109,8 @@ def fit_booster(
     if not binary:
         params["num_class"] = num_classes
     train = lgb.Dataset(x, y, weight=None if w is None else w[y], free_raw_data=False)
+    if rounds is not None:
+        return lgb.train(params, train, num_boost_round=int(rounds))
     val = lgb.Dataset(x_val, y_val, weight=None if w is None else w[y_val], reference=train)
     return lgb.train(
         params,

@@ -35,13 +35,20 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from engine import artifact, remote, report, rundir
-from engine.config import STAGE_SECTIONS, JobSpec, LossSpec, SamplerSpec, needs_embedding
+from engine.config import (
+    STAGE_SECTIONS,
+    JobSpec,
+    LossSpec,
+    SamplerSpec,
+    needs_embedding,
+    spec_record,
+)
 from engine.io import (
     is_uri,
     json_digest,
@@ -83,7 +90,7 @@ def prepared_digest(run_dir: str) -> str:
 def stage_digests(spec: JobSpec, prepared: str) -> dict[str, str]:
     """Each stage's digest: its spec sections chained with the previous stage's digest
     (``prepared``: ``prepared_digest`` of the run directory)."""
-    d = asdict(spec)
+    d = spec_record(spec)
     out, prev = {}, prepared
     for stage in STAGES:
         prev = out[stage] = json_digest(prev, {s: d[s] for s in SECTIONS[stage]})
@@ -117,8 +124,8 @@ def _save_scores(path: str, scores: dict[str, Any], names: list[str]) -> None:
     tensors = {}
     for split, s in scores.items():
         tensors[f"{split}/y"] = np.ascontiguousarray(s.y, dtype=np.int64)
-        for name in names:
-            tensors[f"{split}/{name}"] = np.ascontiguousarray(s.proba[name], dtype=np.float64)
+        for name, p in s.proba.items():  # (out of fold: the candidates and the ensemble)
+            tensors[f"{split}/{name}"] = np.ascontiguousarray(p, dtype=np.float64)
     write_bytes_atomic(path, save(tensors, metadata={"models": json.dumps(names)}))
 
 
@@ -165,29 +172,135 @@ def _members(spec: JobSpec, run: RunDir) -> list[Any]:
     return members
 
 
-def _select(spec: JobSpec, members: list[Any], scores: dict[str, Any]) -> list[Any]:
-    """``ensemble.selection: greedy``: the members whose calibrated mean raises the val metric."""
+def _select(spec: JobSpec, members: list[Any], y: np.ndarray, probas: dict[str, Any]) -> list[Any]:
+    """``ensemble.selection: greedy``: the members whose calibrated mean raises the decision
+    metric on ``y`` (val, or the out-of-fold rows)."""
     from engine.ensemble import CRITERIA, member_temperatures, select_greedy, temperature_scale
 
     if spec.ensemble.selection != "greedy" or len(members) < 2:
         return members
-    y_val = scores["val"].y
-    probas = [scores["val"].proba[m.name] for m in members]
+    ps = [probas[m.name] for m in members]
     if spec.ensemble.temperature:  # members are averaged after their own calibration
-        ts = member_temperatures(y_val, probas)
-        probas = [temperature_scale(p, t) for p, t in zip(probas, ts)]
+        ts = member_temperatures(y, ps)
+        ps = [temperature_scale(p, t) for p, t in zip(ps, ts)]
     keep = select_greedy(
-        y_val,
-        probas,
+        y,
+        ps,
         criterion=CRITERIA.get(spec.tune.metric, "nll"),
         temperature=spec.ensemble.temperature,
     )
     return [members[i] for i in keep]
 
 
-def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
-    from engine.ensemble import combine, fit_combination, model_ref, score_splits, write_artifact
+@dataclass
+class _Decided:
+    """The ensemble's members (as the artifact holds them), its combination and thresholds."""
+
+    members: list[Any]  # the chosen candidates
+    saved: list[Any]  # the artifact's members: the candidates, or their fold models
+    fitted: Any  # Combination of ``saved``
+    thresholds: Any
+    groups: list[list[int]]  # per chosen candidate, its indices in ``saved``
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _decide(spec: JobSpec, members: list[Any], y: np.ndarray, probas: dict[str, Any]):
+    """Selection, combination and thresholds fitted on ``y, probas``: (members, fitted,
+    the combined probabilities, thresholds)."""
+    from engine.ensemble import combine, fit_combination
     from engine.thresholds import fit_thresholds
+
+    members = _select(spec, members, y, probas)
+    ps = [probas[m.name] for m in members]
+    fitted = fit_combination(
+        y, ps, weights=spec.ensemble.weights, temperature=spec.ensemble.temperature
+    )
+    p = combine(ps, fitted.weights, fitted.temperature, fitted.member_temperatures)
+    return members, fitted, p, fit_thresholds(y, p, spec.thresholds)
+
+
+def _on_val(spec: JobSpec, members: list[Any], scores: dict[str, Any]) -> _Decided:
+    from engine.ensemble import combine
+
+    chosen, fitted, _, thresholds = _decide(spec, members, scores["val"].y, scores["val"].proba)
+    for s in ("val", "test"):
+        scores[s].proba["ensemble"] = combine(
+            [scores[s].proba[m.name] for m in chosen],
+            fitted.weights,
+            fitted.temperature,
+            fitted.member_temperatures,
+        )
+    groups = [[i] for i in range(len(chosen))]
+    return _Decided(chosen, chosen, fitted, thresholds, groups)
+
+
+def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[str, Any], embed):
+    """``ensemble.cross_fit``: the candidates cross-fitted over train + val
+    (``engine.crossfit``); selection, combination and thresholds fitted on the out-of-fold
+    rows; each chosen candidate saved as its fold models, weight and temperature shared."""
+    from engine import crossfit
+    from engine.ensemble import SplitScores, combine
+
+    k = spec.ensemble.cross_fit
+    plan = crossfit.write_folds(run, k, spec.split.seed)
+    cands = [
+        crossfit.trial_candidate(m.name, m.trained_as or m.kind, m.dir, spec.tune.metric)
+        for m in members
+    ]
+    refs = crossfit.fold_refs(spec, cands, crossfit.fit_folds(spec, run, plan, cands))
+    cf = crossfit.fold_scores(spec, run, plan, refs, embed)
+    at_val = crossfit.val_rows(plan)
+    if not np.array_equal(cf.y[at_val], scores["val"].y) or not np.array_equal(
+        cf.y_test, scores["test"].y
+    ):
+        raise RuntimeError("cross-fit: the folds' rows do not line up with the val/test splits")
+    h = cf.held  # decisions on the rows scored out of fold
+    chosen, fitted, _, thresholds = _decide(
+        spec, members, cf.y[h], {n: p[h] for n, p in cf.oof.items()}
+    )
+    p_oof = combine(
+        [cf.oof[m.name] for m in chosen],
+        fitted.weights,
+        fitted.temperature,
+        fitted.member_temperatures,
+    )
+    saved = [r for m in chosen for r in refs[m.name]]
+    groups = [list(range(i * k, (i + 1) * k)) for i in range(len(chosen))]
+    per_fold = replace(
+        fitted,
+        weights=[w / k for w in fitted.weights for _ in range(k)],
+        member_temperatures=[t for t in fitted.member_temperatures for _ in range(k)],
+    )
+    scores["test"].proba["ensemble"] = combine(
+        [p for m in chosen for p in cf.test[m.name]],
+        per_fold.weights,
+        per_fold.temperature,
+        per_fold.member_temperatures,
+    )
+    scores["val"].proba["ensemble"] = p_oof[at_val]
+    scores["oof"] = SplitScores(cf.y, {**cf.oof, "ensemble": p_oof})
+    for name, ps in cf.test.items():  # each candidate as the mean of its fold models
+        scores["test"].proba[f"{name}_folds"] = np.mean(ps, axis=0)
+    info = {
+        "cross_fit": {
+            "folds": k,
+            "rows": int(h.sum()),
+            "rows_in_every_fold": int((~h).sum()),
+            "oof": {m.name: _decision(spec, cf.y[h], cf.oof[m.name][h]) for m in members},
+            "oof_ensemble": _decision(spec, cf.y[h], p_oof[h]),
+        }
+    }
+    return _Decided(chosen, saved, per_fold, thresholds, groups, info), cf
+
+
+def _decision(spec: JobSpec, y: np.ndarray, p: np.ndarray) -> float:
+    from engine.combining import CRITERIA, decision_score
+
+    return decision_score(y, p, CRITERIA.get(spec.tune.metric, "macro_f1"))
+
+
+def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
+    from engine.ensemble import model_ref, score_splits, write_artifact
 
     metric = spec.tune.metric
     label_map = run.label_map()
@@ -203,23 +316,22 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
         {"name": m.name, "kind": m.trained_as or m.kind, "source": m.source, metric: m.val_metric}
         for m in members
     ]
-    members = _select(spec, members, scores)
-    y_val = scores["val"].y
-    fitted = fit_combination(
-        y_val,
-        [scores["val"].proba[m.name] for m in members],
-        weights=spec.ensemble.weights,
-        temperature=spec.ensemble.temperature,
-    )
-    for s in splits:
-        scores[s].proba["ensemble"] = combine(
-            [scores[s].proba[m.name] for m in members],
-            fitted.weights,
-            fitted.temperature,
-            fitted.member_temperatures,
-        )
-    thresholds = fit_thresholds(y_val, scores["val"].proba["ensemble"], spec.thresholds)
-    added = {s: _contributions(spec, scores[s], members, fitted) for s in splits}
+    if spec.ensemble.cross_fit:
+        d, cf = _cross_fitted(spec, run, members, scores, embed)
+        h = cf.held
+        added = {
+            "oof": _contributions(spec, cf.y[h], [cf.oof[m.name][h] for m in d.members], d, True),
+            "test": _contributions(
+                spec, cf.y_test, [p for m in d.members for p in cf.test[m.name]], d
+            ),
+        }
+    else:
+        d = _on_val(spec, members, scores)
+        added = {
+            s: _contributions(spec, scores[s].y, [scores[s].proba[m.name] for m in d.members], d)
+            for s in splits
+        }
+    fitted = d.fitted
     info = {
         "candidates": candidates,
         "selection": spec.ensemble.selection,
@@ -229,22 +341,23 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
                 "kind": m.trained_as or m.kind,
                 "source": m.source,
                 metric: m.val_metric,
-                "weight": w,
-                "contribution": {s: added[s][i] for s in splits},
+                "weight": float(sum(fitted.weights[j] for j in g)),
+                "contribution": {s: added[s][i] for s in added},
             }
-            for i, (m, w) in enumerate(zip(members, fitted.weights))
+            for i, (m, g) in enumerate(zip(d.members, d.groups))
         ],
         "weights": fitted.weights,
         "member_temperatures": fitted.member_temperatures,
         "temperature": fitted.temperature,
         "val_nll_mean": fitted.val_nll_mean,
         "val_nll": fitted.val_nll,
+        **d.info,
     }
     write_artifact(
         spec.data,
-        members,
+        d.saved,
         fitted,
-        thresholds,
+        d.thresholds,
         run.ensemble,
         label_map,
         extra=info,
@@ -256,15 +369,25 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     return info
 
 
-def _contributions(spec: JobSpec, scored, members: list[Any], fitted) -> list[float | None]:
-    """Per member, the ensemble's argmax macro-F1 (or the search's decision metric) on a split
-    minus the ensemble's without it (``engine.combining.contributions``); None where undefined
-    (one member)."""
+def _contributions(
+    spec: JobSpec, y: np.ndarray, probas: list[Any], d: _Decided, per_member: bool = False
+) -> list[float | None]:
+    """Per chosen member, the ensemble's argmax macro-F1 (or the search's decision metric) on
+    rows ``y`` minus the ensemble's without it (``engine.combining.contributions``); None
+    where undefined (one member). ``probas``: the saved members' (the fold models'), or with
+    ``per_member`` one per chosen member (out-of-fold)."""
     from engine.combining import CRITERIA, contributions
 
     criterion = CRITERIA.get(spec.tune.metric, "macro_f1")
-    probas = [scored.proba[m.name] for m in members]
-    got = contributions(scored.y, probas, fitted, criterion)
+    fit, groups = d.fitted, d.groups
+    if per_member and len(groups[0]) > 1:  # one probability per member: its weights summed
+        fit = replace(
+            fit,
+            weights=[sum(fit.weights[j] for j in g) for g in groups],
+            member_temperatures=[fit.member_temperatures[g[0]] for g in groups],
+        )
+        groups = [[i] for i in range(len(groups))]
+    got = contributions(y, probas, fit, criterion, groups)
     return [float(x) if np.isfinite(x) else None for x in got]
 
 

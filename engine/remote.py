@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 MARKER = ".raybalance-remote.json"  # in a mirror's root: its URI, stamps and lazy patterns
 LOCK = ".raybalance.lock"  # (engine.rundir's) a writer's hold on a local folder
-IN_BUCKET = ("splits", "embedded", "resampled", "ray")  # never mirrored: read where they are
+# never mirrored: read where they are
+IN_BUCKET = ("splits", "embedded", "resampled", "crossfit", "ray")
 
 
 def mirror_dir(uri: str, kind: str = "runs") -> str:

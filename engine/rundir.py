@@ -62,7 +62,9 @@ SCORES = "scores.safetensors"
 PIPELINE = "pipeline.json"
 METRICS = "metrics.json"  # a trained folder's last write (train/, baseline/, trials)
 RESULTS = "results.parquet"  # tune/
-DATA = (SPLITS, EMBEDDED, RESAMPLED)  # read by tasks on any node: in the bucket for a mirror
+CROSSFIT = "crossfit"  # the ensemble's cross-fitting folds and fold models (engine.crossfit)
+# read by tasks on any node: in the bucket for a mirror
+DATA = (SPLITS, EMBEDDED, RESAMPLED, CROSSFIT)
 LOGS = "logs"  # each command's log file and the embedded Ray's session logs (engine.logs)
 LOCK = remote.LOCK  # the writer that holds the folder (pid, host, command, since)
 

@@ -645,6 +645,7 @@ def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, An
         val_arrays["features"],
         val_arrays["label"],
         seed=loop.train.seed,
+        rounds=config["gbdt_rounds"],
     )
     loop.core.set_booster(booster.model_to_string())
     seconds = time.perf_counter() - t0
@@ -796,13 +797,15 @@ def fit(
     callbacks: list[Any] | None = None,
     train_data: tuple[Any, np.ndarray] | None = None,
     storage_filesystem: Any = None,
+    val_data: Any = None,
 ) -> TrainResult:
     """Train ``spec.model`` on the run's splits with Ray Train; export the best model.
 
     Writes ``out_dir`` (default ``RUN_DIR/train``): ``best/``, ``metrics.json``, ``ray/``.
     ``callbacks`` are added to the trainer's ``RunConfig`` (a Tune trial passes
     ``TuneReportCallback``); ``train_data`` = (Source, class counts) replaces the run's train
-    split (a trial with its own resampling). ``step_hook(epoch, step, rank)`` runs in every
+    split (a trial with its own resampling), ``val_data`` (a Source) the val split (a
+    cross-fitting fold's held-out rows). ``step_hook(epoch, step, rank)`` runs in every
     worker before each step (tests inject faults with it; it is shipped to the workers).
     ``storage_filesystem`` (a ``pyarrow.fs.FileSystem``) is what Ray Train persists the
     checkpoints through (Ray's ``RunConfig(storage_filesystem=)``); default: the local one.
@@ -812,7 +815,7 @@ def fit(
     left is removed when the run ends.
     """
     with _fit_folders(spec, out_dir, overwrite) as (run, out):
-        config, datasets = loop_inputs(spec, run, train_data)
+        config, datasets = loop_inputs(spec, run, train_data, val_data)
         config["step_hook"] = step_hook
         # where _trainer's workers persist: in the bucket when ``out`` is a mirror of one
         config["checkpoints"] = join(remote.durable(out), RAY_STORAGE, FIT_EXPERIMENT)
@@ -889,6 +892,7 @@ def fit_in_process(
     train_data: tuple[Any, np.ndarray] | None = None,
     step_hook: Callable[[int, int, int], None] | None = None,
     tune: bool = True,
+    val_data: Any = None,
 ) -> TrainResult:
     """``fit`` with one worker in this process, without a Ray Train worker group: the same
     loop, seeds, checkpoints and exported files. Inside a Tune trial (``tune``) each epoch is
@@ -900,7 +904,7 @@ def fit_in_process(
             f"train.num_workers={spec.train.num_workers}: training in one process takes 1 worker"
         )
     with _fit_folders(spec, out_dir, overwrite) as (run, out):
-        history, best_dir, best = _fit_here(spec, run, out, train_data, step_hook, tune)
+        history, best_dir, best = _fit_here(spec, run, out, (train_data, val_data), step_hook, tune)
     return TrainResult(run.data_root, remote.durable(best_dir), history, best)
 
 
@@ -908,13 +912,14 @@ def _fit_here(
     spec: JobSpec,
     run: RunDir,
     out: str,
-    train_data: tuple[Any, np.ndarray] | None,
+    data: tuple[tuple[Any, np.ndarray] | None, Any],
     step_hook: Callable[[int, int, int], None] | None,
     tune: bool,
 ) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
-    """``fit_in_process``'s attempts in the local folder ``out``: (history, best_dir, best)."""
+    """``fit_in_process``'s attempts in the local folder ``out``: (history, best_dir, best).
+    ``data``: (train_data, val_data) as ``fit`` takes them."""
 
-    config, datasets = loop_inputs(spec, run, train_data)
+    config, datasets = loop_inputs(spec, run, *data)
     config["step_hook"] = step_hook
     use_gpu = spec.train.use_gpu and torch.cuda.is_available()
     device = torch.device("cuda" if use_gpu else "cpu")
@@ -922,7 +927,7 @@ def _fit_here(
         shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
     for attempt in range(spec.train.max_failures + 1):
         session = LocalSession(
-            out, spec.train.metric, datasets, device, tune=tune, resume=attempt > 0
+            out, spec.train.checkpoint_metric, datasets, device, tune=tune, resume=attempt > 0
         )
         try:
             history = run_loop(config, session)
@@ -950,11 +955,18 @@ def train_model(
     out_dir: str | None = None,
     train_data: tuple[Any, np.ndarray] | None = None,
     step_hook: Callable[[int, int, int], None] | None = None,
+    val_data: Any = None,
 ) -> TrainResult:
     """Train ``spec``: one CPU worker (and any ``linear`` fit) in this process
     (``fit_in_process``: no worker group to start, seconds sooner), a GPU or several workers on
     Ray Train (``fit``). The same seed gives the same metrics and model either way."""
-    kw = dict(overwrite=overwrite, out_dir=out_dir, train_data=train_data, step_hook=step_hook)
+    kw = dict(
+        overwrite=overwrite,
+        out_dir=out_dir,
+        train_data=train_data,
+        step_hook=step_hook,
+        val_data=val_data,
+    )
     if spec.model.kind in EXACT_KINDS:
         return fit_in_process(one_process(spec), tune=False, **kw)
     if spec.train.num_workers == 1 and not spec.train.use_gpu:
@@ -969,7 +981,10 @@ def one_process(spec: JobSpec) -> JobSpec:
 
 
 def loop_inputs(
-    spec: JobSpec, run: RunDir, train_data: tuple[Any, np.ndarray] | None = None
+    spec: JobSpec,
+    run: RunDir,
+    train_data: tuple[Any, np.ndarray] | None = None,
+    val_data: Any = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The per-worker loop's config (train and val rows materialized in source order and put
     in the object store, outside stream mode) and the trainer's datasets (stream mode)."""
@@ -990,7 +1005,7 @@ def loop_inputs(
     train_ds = preprocess(
         read_dataset(source, ordered=not stream), cols, model_spec, label_map, vectorizer
     )
-    val_source = resolve_source(run.model_split("val"))
+    val_source = val_data or resolve_source(run.model_split("val"))
     val_arrays = materialize(
         preprocess(read_dataset(val_source, ordered=True), cols, model_spec, label_map, vectorizer)
     )
@@ -1009,6 +1024,7 @@ def loop_inputs(
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
         "exact": exact,
         "exact_C": spec.model.C,
+        "gbdt_rounds": spec.model.rounds,
     }
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:
@@ -1041,7 +1057,7 @@ def _trainer(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    metric = spec.train.metric
+    metric = spec.train.checkpoint_metric
     check_gpu_workers(live_nodes(), spec.train)
     return TorchTrainer(
         _worker_loop,
@@ -1072,7 +1088,7 @@ def _trainer(
 def export_best(result, spec: JobSpec, out: str) -> tuple[str, list[dict], dict[str, Any]]:
     """The best checkpoint of a Ray Train result exported (``_export``); returns (best dir,
     history, best metrics)."""
-    metric = spec.train.metric
+    metric = spec.train.checkpoint_metric
     best_ckpt, best_metrics = max(
         result.best_checkpoints,
         key=lambda cm: -cm[1][metric] if metric == "val_loss" else cm[1][metric],

@@ -114,6 +114,7 @@ from engine.config import (  # noqa: F401 - the grammar, re-exported
     parse_dist,
     parse_search_space,
     search_space_error,
+    spec_record,
 )
 from engine.config import SEARCH_SECTIONS as SECTIONS
 from engine.logs import verbose
@@ -578,7 +579,7 @@ def _mode(metric: str) -> str:
 
 def _search_record(spec: JobSpec, space: Mapping[str, Dist]) -> dict[str, Any]:
     """What must match for an interrupted search to be restored."""
-    d = asdict(spec)
+    d = spec_record(spec)
     rec = {s: d[s] for s in ("data", "stats", "split", "resample", "embed", *SECTIONS, "tune")}
     rec["space"] = {k: [dd.form, list(dd.args)] for k, dd in space.items()}
     return json.loads(json.dumps(rec, default=repr))
