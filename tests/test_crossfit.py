@@ -122,9 +122,9 @@ def test_no_row_is_scored_by_a_model_that_saw_it(ray_local, digits, tmp_path):
         for c, r in zip(cands, mine):
             np.testing.assert_allclose(cf.oof[c.name][plan.held[f]], again.proba[r.name])
     # a model that saw the rows scores them better than the one that did not (memorized)
-    inside = score_splits(
-        [refs["m2"][1]], {"h": plan.held_dir(0)}, spec.data, label_map
-    )["h"].proba["m2f1"]
+    inside = score_splits([refs["m2"][1]], {"h": plan.held_dir(0)}, spec.data, label_map)[
+        "h"
+    ].proba["m2f1"]
     y0 = cf.y[plan.held[0]]
     ll_in = -np.log(inside[np.arange(len(y0)), y0]).mean()
     ll_out = -np.log(cf.oof["m2"][plan.held[0]][np.arange(len(y0)), y0]).mean()
