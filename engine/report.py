@@ -760,17 +760,58 @@ def _summary(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> N
     )
     if metrics["val"]:
         page.body.append("<h3>On val</h3>" + _summary_table(metrics["val"], "val"))
-    members = (metrics.get("ensemble") or {}).get("members") or []
+    ens = metrics.get("ensemble") or {}
+    members = ens.get("members") or []
     if len(members) > 1:
         page.body.append("<h3>The ensemble's members</h3>" + _members_table(members))
+    if ens.get("candidates"):
+        page.body.append("<h3>The candidates</h3>" + _candidates_table(ens))
+
+
+def _candidates_table(ens: dict[str, Any]) -> str:
+    """Per candidate (a trial of the search): kind, source, its val score, its out-of-fold
+    score when cross-fitted, and whether the ensemble took it."""
+    cf = ens.get("cross_fit") or {}
+    oof = cf.get("oof") or {}
+    chosen = {m.get("name") for m in ens.get("members") or []}
+    metric = next((k for k in (ens["candidates"][0]) if k.startswith("val_")), "val_macro_f1")
+    rows = []
+    for c in ens["candidates"]:
+        cells = f"<td>{_fmt(c.get(metric))}</td>"
+        if cf:
+            cells += f"<td>{_fmt(oof.get(c.get('name')))}</td>"
+        rows.append(
+            f'<tr><td class="l">{_e(c.get("name"))}</td><td class="l">{_e(c.get("kind"))}</td>'
+            f'<td class="l">{_e(c.get("source"))}</td>{cells}'
+            f'<td class="l">{"yes" if c.get("name") in chosen else ""}</td></tr>'
+        )
+    head = f"<th>{_e(metric)} (its trial)</th>" + (
+        f"<th>out of fold ({cf.get('folds')} folds)</th>" if cf else ""
+    )
+    note = (
+        f"Each candidate was trained again on {cf.get('folds')} folds of train + val and scored "
+        f"{cf.get('rows')} rows it did not see; members, weights, temperatures and thresholds "
+        "were fitted on those out-of-fold scores, and each member is the mean of its fold models."
+        if cf
+        else "Members, weights, temperatures and thresholds were fitted on val."
+    )
+    return (
+        '<div class="scroll"><table class="summary" id="table-candidates"><thead><tr>'
+        '<th class="l">candidate</th><th class="l">kind</th><th class="l">from</th>'
+        f'{head}<th class="l">member</th></tr></thead><tbody>'
+        + "".join(rows)
+        + f'</tbody></table></div><p class="small">{_e(note)}</p>'
+    )
 
 
 def _members_table(members: list[dict[str, Any]]) -> str:
-    """Per member: kind, source, weight, and what the ensemble loses without it."""
+    """Per member: kind, source, weight, and what the ensemble loses without it (on val, or
+    out of fold when cross-fitted, and on test)."""
+    first = "oof" if any("oof" in (m.get("contribution") or {}) for m in members) else "val"
     rows = []
     for m in members:
         added = m.get("contribution") or {}
-        cells = "".join(f"<td>{_signed(added.get(s))}</td>" for s in ("val", "test"))
+        cells = "".join(f"<td>{_signed(added.get(s))}</td>" for s in (first, "test"))
         rows.append(
             f'<tr><td class="l">{_e(m.get("name"))}</td><td class="l">{_e(m.get("kind"))}</td>'
             f'<td class="l">{_e(m.get("source"))}</td><td>{_fmt(m.get("weight"))}</td>{cells}</tr>'
@@ -778,12 +819,13 @@ def _members_table(members: list[dict[str, Any]]) -> str:
     return (
         '<div class="scroll"><table class="summary" id="table-members"><thead><tr>'
         '<th class="l">member</th><th class="l">kind</th><th class="l">from</th><th>weight</th>'
-        "<th>added on val</th><th>added on test</th></tr></thead><tbody>"
+        f"<th>added {'out of fold' if first == 'oof' else 'on val'}</th><th>added on test</th>"
+        "</tr></thead><tbody>"
         + "".join(rows)
         + '</tbody></table></div><p class="small">Added: the ensemble\'s macro-F1 (argmax '
         "decisions, before thresholds) minus that of the ensemble without the member, the other "
-        "members' weights renormalized. Val chose the members and weights; the test column only "
-        "reports.</p>"
+        f"members' weights renormalized. {'The out-of-fold rows' if first == 'oof' else 'Val'} "
+        "chose the members and weights; the test column only reports.</p>"
     )
 
 

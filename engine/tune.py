@@ -125,6 +125,7 @@ log = logging.getLogger("raybalance")
 
 TUNE_DIR = rundir.TUNE
 TRIALS = "trials"  # RUN_DIR/tune/trials/<trial id>/: each trial's fit output
+TUNE_KEEPS = 2  # checkpoints Tune keeps per trial in its storage (the latest ones)
 KEPT_CHECKPOINTS = f"{TRIALS}/*/checkpoints/*"  # (under tune/) what each trial's session kept
 SEARCH_RECORD = "search.json"  # the spec and space a search was made from
 RESULTS_CSV = "results.csv"  # beside rundir.RESULTS
@@ -837,6 +838,10 @@ def new_tuner(
             name=EXPERIMENT,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            # a restored trial resumes from its latest checkpoint and a stopped one is exported
+            # from what its own session kept: Tune need not keep every epoch's (a lexical
+            # model's is hundreds of MB)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_KEEPS),
             # the experiment state (which trials finished) is staged in Ray's session dir and
             # copied to storage_path every sync_period (default 300 s): a resume after a crash
             # only knows what was copied

@@ -98,9 +98,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _member(m: dict) -> str:
-    """``m1 linear (+0.031 val)``: a member, its kind and what the ensemble loses without it."""
-    added = (m.get("contribution") or {}).get("val")
-    return f"{m['name']} {m['kind']}" + (f" ({added:+.3f} val)" if added is not None else "")
+    """``m1 linear (+0.031 val)``: a member, its kind and what the ensemble loses without it
+    (on val, or out of fold when cross-fitted)."""
+    added = m.get("contribution") or {}
+    split = "oof" if "oof" in added else "val"
+    v = added.get(split)
+    return f"{m['name']} {m['kind']}" + (f" ({v:+.3f} {split})" if v is not None else "")
 
 
 if __name__ == "__main__":

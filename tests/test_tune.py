@@ -18,6 +18,7 @@ import pytest
 
 from engine.config import SpecError, TrainSpec, load_spec
 from engine.tune import (
+    TUNE_KEEPS,
     Dist,
     apply_knobs,
     decode_knobs,
@@ -289,7 +290,8 @@ def test_a_ray_whose_workers_lack_the_state_api_is_refused(ray_local):
 
 @pytest.mark.slow
 def test_tpe_searcher_and_asha_take_the_grammar(ray_local, tmp_path):
-    """Optuna's TPE over the grammar's forms, JSON-encoded choices included, with ASHA."""
+    """Optuna's TPE over the grammar's forms, JSON-encoded choices included, with ASHA; Tune
+    keeps only each trial's latest checkpoints."""
     from ray import tune
 
     from engine.config import TuneSpec
@@ -303,6 +305,8 @@ def test_tpe_searcher_and_asha_take_the_grammar(ray_local, tmp_path):
     }
 
     def toy_trial(config):  # stands in for run_trial (nested: pickled by value)
+        import tempfile
+
         from ray import tune
 
         from engine.tune import decode_knobs
@@ -311,7 +315,10 @@ def test_tpe_searcher_and_asha_take_the_grammar(ray_local, tmp_path):
         assert knobs["resample.sampling_strategy"] in ("auto", {"power": 0.5})
         score = -abs(np.log10(knobs["train.lr"]) + 2) + (knobs["loss.name"] == "focal")
         for epoch in range(3):
-            tune.report({"val_macro_f1": score + epoch / 10, "epoch": epoch})
+            with tempfile.TemporaryDirectory() as d:
+                Path(d, "state.json").write_text(str(epoch))
+                ckpt = tune.Checkpoint.from_directory(d)
+                tune.report({"val_macro_f1": score + epoch / 10, "epoch": epoch}, checkpoint=ckpt)
 
     spec = TuneSpec(num_samples=4, scheduler="tpe", seed=3)
     trainable = tune.with_resources(toy_trial, {"cpu": 0.01})
@@ -322,6 +329,10 @@ def test_tpe_searcher_and_asha_take_the_grammar(ray_local, tmp_path):
         assert result.config["resample.sampling_strategy"] in ('"auto"', '{"power": 0.5}')
         assert 16 <= result.config["train.batch_size"] < 65
         assert 1 <= result.metrics["training_iteration"] <= 3
+        kept = sorted(Path(result.path).glob("checkpoint_*"))
+        assert 1 <= len(kept) <= TUNE_KEEPS and len(kept) <= result.metrics["training_iteration"]
+        last = result.metrics["training_iteration"] - 1
+        assert (kept[-1] / "state.json").read_text() == str(last)  # the latest is kept
 
 
 # --------------------------------------------------------------------------------------------
