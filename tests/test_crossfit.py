@@ -14,6 +14,7 @@ import pytest
 
 from engine import crossfit
 from engine.config import load_spec, spec_record
+from engine.data import LabelMap
 from engine.prepare import prepare
 from engine.rundir import RunDir
 from engine.scoring import score_splits
@@ -133,3 +134,90 @@ def test_no_row_is_scored_by_a_model_that_saw_it(ray_local, digits, tmp_path):
     assert np.array_equal(cf.y[crossfit.val_rows(plan)], score_splits(
         refs["m1"][:1], {"v": run.model_split("val")}, spec.data, label_map
     )["v"].y)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_cross_fitted_pipeline_saves_fold_models_that_predict_as_it_scored(
+    digits, tmp_path, ray_env
+):
+    """`raybalance run` with ensemble.cross_fit: a linear, a gbdt and an MLP trial, each
+    cross-fitted on 3 folds; the artifact holds the chosen members' fold models (nothing
+    pickled) and `raybalance predict` reproduces the pipeline's test probabilities."""
+    import subprocess
+    import sys
+
+    from engine.pipeline import load_scores
+    from tests.test_members import _no_pickle
+
+    run = tmp_path / "run"
+    sets = [
+        f"data.path={digits}",
+        f"run_dir={run}",
+        "train.epochs=3",
+        "train.num_workers=1",
+        "model.hidden=[32]",
+        "tune.num_samples=1",
+        "tune.scheduler=fifo",
+        "tune.search_space={model.kind: {grid: [linear, gbdt, mlp]}}",
+        "ensemble.cross_fit=3",
+        "ensemble.selection=top_k",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "run",
+        "--config",
+        str(ROOT / "jobs/configs/digits_lt100.yaml"),
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "oof)" in proc.stdout  # the member line says what each added out of fold
+
+    manifest = json.loads((run / "ensemble/manifest.json").read_text())
+    info = manifest["extra"]
+    assert info["cross_fit"]["folds"] == 3 and info["cross_fit"]["rows_in_every_fold"] == 1
+    names = [m["name"] for m in manifest["members"]]
+    assert names == [f"m{i}f{f}" for i in (1, 2, 3) for f in range(3)]
+    assert {m["kind"] for m in info["members"]} == {"linear", "gbdt", "mlp"}
+    assert sum(manifest["weights"]) == pytest.approx(1.0)
+    _no_pickle(run / "ensemble")
+    scores = load_scores(str(run / "scores.safetensors"))
+    oof = scores["oof"]
+    assert len(oof["y"]) == info["cross_fit"]["rows"] + 1
+    held = np.bincount(oof["y"])[oof["y"]] > 1  # (the one-row class is in every fold)
+    for name in ("m1", "m2", "m3"):  # each candidate's out-of-fold score, as recorded
+        got = _macro_f1(oof["y"][held], oof[name][held])
+        assert info["cross_fit"]["oof"][name] == pytest.approx(got)
+    assert "table-candidates" in (run / "report/report.html").read_text()
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    test = pq.read_table(run / "splits/test")
+    pq.write_table(test.drop_columns(["label"]), raw / "x.parquet")
+    out = tmp_path / "pred.parquet"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "predict",
+        str(run / "ensemble"),
+        str(raw),
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    got = pq.read_table(out)
+    keys = LabelMap.from_json(json.loads((run / "label_map.json").read_text())).keys
+    proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in keys], 1)
+    np.testing.assert_allclose(proba, scores["test"]["ensemble"], atol=2e-4)
+
+
+def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:
+    from engine.combining import decision_score
+
+    return decision_score(y, p, "macro_f1")
