@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.config import JobSpec
+from engine.config import EXACT_KINDS, JobSpec
 from engine.io import filesystem_and_path, join, read_json, write_json_atomic
 from engine.rundir import CROSSFIT, RunDir
 
@@ -168,16 +168,26 @@ class Candidate:
     best: dict[str, Any]  # the trial's best epoch's row (epoch, C, rounds)
 
 
-def trial_candidate(name: str, kind: str, best_dir: str, metric: str) -> Candidate:
+def trial_candidate(
+    name: str, kind: str, best_dir: str, metric: str, best_epoch: int | None = None
+) -> Candidate:
     """The candidate of the trial whose exported model is ``best_dir`` (``<trial>/best``):
     its last attempt's knobs (``attempts.jsonl``) and its history's best row by ``metric``
-    (``metrics.json``), the epoch the search ranked it by."""
+    (``metrics.json``), the epoch the search ranked it by — or, for a trial the scheduler
+    stopped early (no ``metrics.json``), ``best_epoch`` (1-based, from the results table)."""
+    from engine.io import path_exists
+
     trial = best_dir.rstrip("/").rsplit("/", 1)[0]
     fs, path = filesystem_and_path(join(trial, "attempts.jsonl"))
     with fs.open_input_stream(path) as f:
         lines = [ln for ln in f.read().decode().splitlines() if ln.strip()]
     knobs = json.loads(lines[-1])["knobs"]
-    return Candidate(name, kind, knobs, best_row(read_json(join(trial, "metrics.json")), metric))
+    history = join(trial, "metrics.json")
+    if path_exists(history):
+        return Candidate(name, kind, knobs, best_row(read_json(history), metric))
+    if kind in EXACT_KINDS or best_epoch is None:
+        raise ValueError(f"{trial}: the trial has no metrics.json to cross-fit it from")
+    return Candidate(name, kind, knobs, {"epoch": int(best_epoch) - 1})
 
 
 def best_row(history: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:

@@ -243,8 +243,11 @@ def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[s
 
     k = spec.ensemble.cross_fit
     plan = crossfit.write_folds(run, k, spec.split.seed)
+    epochs = _best_epochs(run)
     cands = [
-        crossfit.trial_candidate(m.name, m.trained_as or m.kind, m.dir, spec.tune.metric)
+        crossfit.trial_candidate(
+            m.name, m.trained_as or m.kind, m.dir, spec.tune.metric, epochs.get(m.source)
+        )
         for m in members
     ]
     refs = crossfit.fold_refs(spec, cands, crossfit.fit_folds(spec, run, plan, cands))
@@ -291,6 +294,18 @@ def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[s
         }
     }
     return _Decided(chosen, saved, per_fold, thresholds, groups, info), cf
+
+
+def _best_epochs(run: RunDir) -> dict[str, int]:
+    """``{"trial <id>": best epoch (1-based)}`` from the search's results table."""
+    import pandas as pd
+
+    table = pd.read_parquet(run.tune_results)
+    return {
+        f"trial {r['trial_id']}": int(r["best_epoch"])
+        for r in table.to_dict("records")
+        if _is_num(r.get("best_epoch"))
+    }
 
 
 def _decision(spec: JobSpec, y: np.ndarray, p: np.ndarray) -> float:

@@ -46,6 +46,22 @@ def test_settings_added_later_leave_a_specs_record_while_at_their_defaults():
     assert spec_record(set_)["ensemble"]["cross_fit"] == 3
 
 
+def test_a_trial_stopped_early_is_cross_fitted_to_its_best_epoch(tmp_path):
+    for trial, history in (("t1", None), ("t2", [{"epoch": 0, "val_macro_f1": 0.5, "C": 10.0}])):
+        (tmp_path / trial / "best").mkdir(parents=True)
+        with open(tmp_path / trial / "attempts.jsonl", "w") as f:
+            f.write(json.dumps({"knobs": {"loss.name": "focal"}}) + "\n")
+        if history:
+            (tmp_path / trial / "metrics.json").write_text(json.dumps(history))
+    best = str(tmp_path / "t1" / "best")
+    cand = crossfit.trial_candidate("m1", "mlp", best, "val_macro_f1", best_epoch=3)
+    assert cand.best == {"epoch": 2} and cand.knobs == {"loss.name": "focal"}
+    with pytest.raises(ValueError, match="no metrics.json"):
+        crossfit.trial_candidate("m1", "linear", best, "val_macro_f1", best_epoch=1)
+    cand = crossfit.trial_candidate("m2", "linear", str(tmp_path / "t2" / "best"), "val_macro_f1")
+    assert cand.best["C"] == 10.0
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "digits"
