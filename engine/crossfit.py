@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from engine.config import EXACT_KINDS, JobSpec
 from engine.io import filesystem_and_path, join, read_json, write_json_atomic
+from engine.progress import progress_event
 from engine.rundir import CROSSFIT, RunDir
 
 log = logging.getLogger("raybalance")
@@ -40,7 +41,7 @@ log = logging.getLogger("raybalance")
 FOLDS = "folds"
 MODELS = "models"
 PLAN = "_folds.json"  # the folds' record, written last
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class FoldPlan:
     n_train: int
     n_val: int
     held: list[np.ndarray]
+    digest: str = ""  # of what the folds were cut from (``RunDir.prepared_digest``)
 
     def train_dir(self, f: int) -> str:
         return join(self.root, f"f{f}", "train")
@@ -112,10 +114,11 @@ def write_folds(run: RunDir, k: int, seed: int) -> FoldPlan:
     root = run.join(CROSSFIT, FOLDS)
     record = join(root, PLAN)
     fs, path = filesystem_and_path(root)
-    if _plan_matches(record, k, seed):
+    made_from = run.prepared_digest()  # new splits or embeddings: new folds
+    if _plan_matches(record, k, seed, made_from):
         r = read_json(record)
         held = [np.asarray(h, dtype=np.int64) for h in r["held"]]
-        return FoldPlan(root, k, seed, r["n_train"], r["n_val"], held)
+        return FoldPlan(root, k, seed, r["n_train"], r["n_val"], held, made_from)
     label_map = run.label_map()
     train = _read_ordered_table(run.model_split("train"))
     val = _read_ordered_table(run.model_split("val"))
@@ -135,6 +138,7 @@ def write_folds(run: RunDir, k: int, seed: int) -> FoldPlan:
     )
     plan = {
         "format": FORMAT,
+        "prepared": made_from,
         "k": k,
         "seed": seed,
         "n_train": train.num_rows,
@@ -142,16 +146,21 @@ def write_folds(run: RunDir, k: int, seed: int) -> FoldPlan:
         "held": [h.tolist() for h in held],
     }
     write_json_atomic(record, plan)
-    return FoldPlan(root, k, seed, train.num_rows, val.num_rows, held)
+    return FoldPlan(root, k, seed, train.num_rows, val.num_rows, held, made_from)
 
 
-def _plan_matches(record: str, k: int, seed: int) -> bool:
+def _plan_matches(record: str, k: int, seed: int, made_from: str) -> bool:
     from engine.io import path_exists
 
     if not path_exists(record):
         return False
     r = read_json(record)
-    return r.get("format") == FORMAT and r.get("k") == k and r.get("seed") == seed
+    return (r.get("format"), r.get("k"), r.get("seed"), r.get("prepared")) == (
+        FORMAT,
+        k,
+        seed,
+        made_from,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +175,15 @@ class Candidate:
     kind: str
     knobs: dict[str, Any]
     best: dict[str, Any]  # the trial's best epoch's row (epoch, C, rounds)
+    source: str = ""  # the trial's exported model folder
+
+    def folder_key(self, plan: FoldPlan) -> str:
+        """The name of its fold models' folder: what they are trained from (the trial, its
+        knobs and choices, the folds), so that a later ensemble reuses only its own."""
+        from engine.io import json_digest
+
+        what = [self.kind, self.knobs, self.best, self.source, plan.digest, plan.k, plan.seed]
+        return f"{self.name}-{json_digest(what)[:12]}"
 
 
 def trial_candidate(
@@ -184,10 +202,10 @@ def trial_candidate(
     knobs = json.loads(lines[-1])["knobs"]
     history = join(trial, "metrics.json")
     if path_exists(history):
-        return Candidate(name, kind, knobs, best_row(read_json(history), metric))
+        return Candidate(name, kind, knobs, best_row(read_json(history), metric), best_dir)
     if kind in EXACT_KINDS or best_epoch is None:
         raise ValueError(f"{trial}: the trial has no metrics.json to cross-fit it from")
-    return Candidate(name, kind, knobs, {"epoch": int(best_epoch) - 1})
+    return Candidate(name, kind, knobs, {"epoch": int(best_epoch) - 1}, best_dir)
 
 
 def best_row(history: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
@@ -259,13 +277,15 @@ def fit_folds(
     todo, out = [], {c.name: [""] * plan.k for c in cands}
     for c in cands:
         for f in range(plan.k):
-            folder = run.join(CROSSFIT, MODELS, c.name, f"f{f}")
+            folder = run.join(CROSSFIT, MODELS, c.folder_key(plan), f"f{f}")
             if path_exists(join(folder, "metrics.json")) and path_exists(join(folder, "best")):
                 out[c.name][f] = join(folder, "best")
             else:
                 todo.append((c, f, folder))
     pending: dict[Any, tuple[str, int]] = {}
-    done = 0
+    total, done = len(todo), 0
+    if total:
+        progress_event("cross-fit", 0, total, f"{len(cands)} candidate(s) x {plan.k} folds")
     while todo or pending:
         while todo and len(pending) < window:
             c, f, folder = todo.pop(0)
@@ -278,9 +298,20 @@ def fit_folds(
         name, f = pending.pop(ready[0])
         out[name][f] = ray.get(ready[0])
         done += 1
-        log.info("cross-fit: %s fold %d/%d trained (%d left)", name, f + 1, plan.k,
-                 len(todo) + len(pending))  # fmt: skip
+        progress_event("cross-fit", done, total, f"{name} fold {f + 1}/{plan.k} trained")
+    _drop_stale(run, {c.folder_key(plan) for c in cands})
     return out
+
+
+def _drop_stale(run: RunDir, keep: set[str]) -> None:
+    """Remove the fold models of candidates an earlier ensemble of this run had."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem_and_path(run.join(CROSSFIT, MODELS))
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for info in infos:
+        if info.type == pafs.FileType.Directory and info.base_name not in keep:
+            fs.delete_dir(info.path)
 
 
 def _job(spec: JobSpec) -> dict[str, Any]:

@@ -79,12 +79,8 @@ class PipelineResult:
 
 
 def prepared_digest(run_dir: str) -> str:
-    """A digest of what ``prepare`` made: its completion records, which carry the digests of
-    the input files and specs each step was made from (new data changes it)."""
-    parts = []
-    for rel, path in RunDir(run_dir).prepared_records():
-        parts.append([rel, read_json(path) if path_exists(path) else None])
-    return json_digest(parts)
+    """``RunDir.prepared_digest`` of ``run_dir``."""
+    return RunDir(run_dir).prepared_digest()
 
 
 def stage_digests(spec: JobSpec, prepared: str) -> dict[str, str]:

@@ -196,6 +196,16 @@ class RunDir:
         ]
         return [(rel, self.join(rel)) for rel in rels]
 
+    def prepared_digest(self) -> str:
+        """A digest of what ``prepare`` made: its completion records, which carry the digests
+        of the input files and specs each step was made from (new data changes it)."""
+        from engine.io import json_digest, path_exists
+
+        parts = []
+        for rel, path in self.prepared_records():
+            parts.append([rel, read_json(path) if path_exists(path) else None])
+        return json_digest(parts)
+
     # ---- contents
     def label_map(self) -> LabelMap:
         return LabelMap.from_json(read_json(self.label_map_path))

@@ -5,6 +5,7 @@ row of train + val scored by the one fold model that did not see it — on real 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,17 @@ def test_no_row_is_scored_by_a_model_that_saw_it(ray_local, digits, tmp_path):
                 assert history[0]["rounds"] == c.best["rounds"]
             else:
                 assert len(history) == c.best["epoch"] + 1
+    # a second ensemble reuses the fold models; a candidate trained from other choices gets
+    # new ones, and the fold models no candidate has any more are removed
+    assert crossfit.fit_folds(spec, run, plan, cands) == fits
+    other = replace(cands[0], best={**cands[0].best, "C": cands[0].best["C"] * 10})
+    fits2 = crossfit.fit_folds(spec, run, plan, [other])
+    assert Path(fits2["m1"][0]).parents[1] != Path(fits["m1"][0]).parents[1]
+    assert not Path(fits["m2"][0]).exists() and Path(fits2["m1"][2]).exists()
+    history = json.loads((Path(fits2["m1"][0]).parent / "metrics.json").read_text())
+    assert [r["C"] for r in history] == [cands[0].best["C"] * 10]
+    fits = crossfit.fit_folds(spec, run, plan, cands)
+    assert crossfit.write_folds(run, 3, seed=0).held[1].tolist() == plan.held[1].tolist()
     cf = crossfit.fold_scores(spec, run, plan, refs)
     label_map = run.label_map()
     assert cf.held.sum() == len(train_ids) - 1
