@@ -81,6 +81,7 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
     assert not [ln for ln in lines if any(n in ln for n in noise)], "\n".join(lines)
     logs = sorted((run / "logs").glob("pipeline-*.log"))
     assert logs and "raybalance.progress: tune" in logs[0].read_text()
+    assert "raybalance.progress: cross-fit 10/10" in logs[0].read_text()  # 2 candidates x 5
     assert any((run / "logs").glob("ray-*/*.out"))  # the workers' output, copied
     # the baseline's exported model predicts by itself (its own manifest, the same checks)
     assert (run / "baseline" / "best" / "manifest.json").exists()
@@ -103,18 +104,25 @@ def test_run_prints_the_summary_and_writes_every_artifact(demo_run):
     assert kinds == ["gbdt", "lexical", "linear", "mlp"] and (table["status"] != "error").all()
     manifest = json.loads((run / "ensemble" / "manifest.json").read_text())
     info = manifest["extra"]
-    # candidates: the best trials best first, whatever their kind (as trained: linear stays linear)
-    assert [c["kind"] for c in info["candidates"]] == list(table["model.kind"][:2])
-    assert 1 <= len(manifest["members"]) <= 2 and manifest["members"][0]["name"] == "m1"
+    # candidates (the demo's per_kind): the best trial of each kind, best first (as trained:
+    # linear stays linear); each cross-fitted on 5 folds, a member saved as its 5 fold models
+    kinds = list(dict.fromkeys(table["model.kind"]))
+    assert [c["kind"] for c in info["candidates"]] == kinds[:2]
+    assert 1 <= len(info["members"]) <= 2 and info["cross_fit"]["folds"] == 5
+    assert [m["name"] for m in manifest["members"]] == [
+        f"{m['name']}f{f}" for m in info["members"] for f in range(5)
+    ]
+    assert set(info["cross_fit"]["oof"]) == {c["name"] for c in info["candidates"]}
     assert metrics["ensemble"]["members"] == info["members"]
     html = (run / "report" / "report.html").read_text()
     # what each member adds: recorded, printed with the member line, shown in the report
     for m in info["members"]:
-        assert set(m["contribution"]) == {"val", "test"} and 0 <= m["weight"] <= 1
+        assert set(m["contribution"]) == {"oof", "test"} and 0 <= m["weight"] <= 1
         if len(info["members"]) > 1:
-            assert -1 <= m["contribution"]["val"] <= 1
-            assert f"{m['name']} {m['kind']} ({m['contribution']['val']:+.3f} val)" in out
+            assert -1 <= m["contribution"]["oof"] <= 1
+            assert f"{m['name']} {m['kind']} ({m['contribution']['oof']:+.3f} oof)" in out
     assert ('id="table-members"' in html) == (len(info["members"]) > 1)
+    assert 'id="table-candidates"' in html and "out of fold (5 folds)" in html
     assert "<img" in html and 'src="http' not in html and "best tuned model" in html
     assert (run / "report" / "per_class_f1.png").stat().st_size > 1000
     state = json.loads((run / "pipeline.json").read_text())
@@ -180,7 +188,9 @@ def test_predict_on_raw_text_agrees_with_the_pipeline_and_a_rerun_skips_every_st
     assert "tune: complete artifact found, skipped" in proc.stderr
     assert "ensemble: done" in proc.stderr and "report: done" in proc.stderr
     manifest = json.loads((run / "ensemble" / "manifest.json").read_text())
-    assert len(manifest["members"]) == 1
+    assert len(manifest["members"]) == 5  # one candidate's 5 fold models (reused)
+    newest = max((run / "logs").glob("pipeline-*.log"), key=lambda p: p.stat().st_mtime)
+    assert "cross-fit" not in proc.stderr + newest.read_text()  # nothing trained again
 
 
 def test_stage_digests_change_from_the_first_stage_whose_inputs_changed():
