@@ -42,6 +42,7 @@ FOLDS = "folds"
 MODELS = "models"
 PLAN = "_folds.json"  # the folds' record, written last
 FORMAT = 2
+FOLD_CPUS = 0.5  # what a fold's task reserves: two at a time hold one CPU, their reads the rest
 
 
 @dataclass(frozen=True)
@@ -240,10 +241,13 @@ def fold_spec(spec: JobSpec, cand: Candidate, counts: np.ndarray, keys: list[str
 
 def _fit_fold(job: dict[str, Any], cand: Candidate, train_dir: str, held_dir: str, out: str) -> str:
     """A Ray task: the candidate trained on a fold's training rows into ``out``; its best dir."""
+    import torch
+
     from engine.config import build_section
     from engine.data import resolve_source
     from engine.train import train_model
 
+    torch.set_num_threads(1)  # the folds train side by side, one per CPU
     spec = build_section(JobSpec, job)
     run = RunDir(spec.run_dir)
     label_map = run.label_map()
@@ -264,16 +268,17 @@ def _fit_fold(job: dict[str, Any], cand: Candidate, train_dir: str, held_dir: st
 def fit_folds(
     spec: JobSpec, run: RunDir, plan: FoldPlan, cands: Sequence[Candidate]
 ) -> dict[str, list[str]]:
-    """Each candidate trained on each fold's training rows (Ray tasks, one CPU each, at most
-    one fewer at a time than the cluster has CPUs: Ray Data's reads inside them need one);
-    ``{name: [best dir of fold 0, ...]}``. A fold model already complete is reused."""
+    """Each candidate trained on each fold's training rows (Ray tasks, as many at a time as the
+    cluster has CPUs, each training with one thread; a task reserves ``FOLD_CPUS`` of a CPU so
+    that Ray Data's reads inside the tasks find the rest); ``{name: [best dir of fold 0,
+    ...]}``. A fold model already complete is reused."""
     import ray
 
     from engine.io import path_exists
 
     job = _job(spec)
     task = ray.remote(_fit_fold)
-    window = max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    window = max(1, int(ray.cluster_resources().get("CPU", 1)))
     todo, out = [], {c.name: [""] * plan.k for c in cands}
     for c in cands:
         for f in range(plan.k):
@@ -290,7 +295,7 @@ def fit_folds(
         while todo and len(pending) < window:
             c, f, folder = todo.pop(0)
             gpu = c.kind == "transformer" and spec.train.use_gpu
-            ref = task.options(num_cpus=0 if gpu else 1, max_retries=0).remote(
+            ref = task.options(num_cpus=0 if gpu else FOLD_CPUS, max_retries=0).remote(
                 job, c, plan.train_dir(f), plan.held_dir(f), folder
             )
             pending[ref] = (c.name, f)
