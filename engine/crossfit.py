@@ -42,7 +42,10 @@ FOLDS = "folds"
 MODELS = "models"
 PLAN = "_folds.json"  # the folds' record, written last
 FORMAT = 2
-FOLD_CPUS = 0.5  # what a fold's task reserves: two at a time hold one CPU, their reads the rest
+# What a fold's task reserves: none (as many run at a time as the cluster has CPUs, each on one
+# thread). Any share of a CPU could leave no node a whole CPU for the Ray Data reads inside the
+# tasks (two nodes of one CPU, each holding half of it: the reads never start).
+FOLD_CPUS = 0
 
 
 @dataclass(frozen=True)
@@ -269,9 +272,9 @@ def fit_folds(
     spec: JobSpec, run: RunDir, plan: FoldPlan, cands: Sequence[Candidate]
 ) -> dict[str, list[str]]:
     """Each candidate trained on each fold's training rows (Ray tasks, as many at a time as the
-    cluster has CPUs, each training with one thread; a task reserves ``FOLD_CPUS`` of a CPU so
-    that Ray Data's reads inside the tasks find the rest); ``{name: [best dir of fold 0,
-    ...]}``. A fold model already complete is reused."""
+    cluster has CPUs, each training with one thread and reserving no CPU, so that Ray Data's
+    reads inside the tasks always find one); ``{name: [best dir of fold 0, ...]}``. A fold
+    model already complete is reused."""
     import ray
 
     from engine.io import path_exists
@@ -294,8 +297,7 @@ def fit_folds(
     while todo or pending:
         while todo and len(pending) < window:
             c, f, folder = todo.pop(0)
-            gpu = c.kind == "transformer" and spec.train.use_gpu
-            ref = task.options(num_cpus=0 if gpu else FOLD_CPUS, max_retries=0).remote(
+            ref = task.options(num_cpus=FOLD_CPUS, max_retries=0).remote(
                 job, c, plan.train_dir(f), plan.held_dir(f), folder
             )
             pending[ref] = (c.name, f)
