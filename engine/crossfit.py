@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from engine.config import EXACT_KINDS, JobSpec
 from engine.io import filesystem_and_path, join, read_json, write_json_atomic
 from engine.progress import progress_event
-from engine.rundir import CROSSFIT, RunDir
+from engine.rundir import CROSSFIT, METRICS, RunDir
 
 log = logging.getLogger("raybalance")
 
@@ -204,7 +204,7 @@ def trial_candidate(
     with fs.open_input_stream(path) as f:
         lines = [ln for ln in f.read().decode().splitlines() if ln.strip()]
     knobs = json.loads(lines[-1])["knobs"]
-    history = join(trial, "metrics.json")
+    history = join(trial, METRICS)
     if path_exists(history):
         return Candidate(name, kind, knobs, best_row(read_json(history), metric), best_dir)
     if kind in EXACT_KINDS or best_epoch is None:
@@ -286,7 +286,7 @@ def fit_folds(
     for c in cands:
         for f in range(plan.k):
             folder = run.join(CROSSFIT, MODELS, c.folder_key(plan), f"f{f}")
-            if path_exists(join(folder, "metrics.json")) and path_exists(join(folder, "best")):
+            if path_exists(join(folder, METRICS)) and path_exists(join(folder, "best")):
                 out[c.name][f] = join(folder, "best")
             else:
                 todo.append((c, f, folder))
