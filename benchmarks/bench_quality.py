@@ -21,8 +21,14 @@ of the table):
     (h)  best single         the engine's best single tuned model (``best_single``)
     (i)  ensemble            the engine's ensemble + thresholds (``ensemble``)
 
-The goal line holds (i) against the best of (a)-(f2) (+0.02 on test macro-F1).
-AutoGluon (the issue's (g)) is not run by this script.
+    (g)  AutoGluon           with ``--autogluon-python PY`` (a venv holding autogluon.tabular,
+                             which cannot share the engine's: it pins older pyarrow / pandas):
+                             TabularPredictor(eval_metric='f1_macro', presets='medium_quality')
+                             on the raw text or the feature columns, train with val as tuning
+                             data, the engine run's wall time as time limit
+                             (``benchmarks/autogluon_baseline.py``)
+
+The goal line holds (i) against the best of (a)-(g) (+0.02 on test macro-F1).
 
 (a), (h), (i) come from one run per dataset of ``python -m jobs.pipeline --config
 jobs/configs/demo.yaml --set name=DS --set run_dir=WORK/runs/DS --set data.path=WORK/data/DS ...``
@@ -95,7 +101,9 @@ INTRO = (
     "the engine's own seeded splits. (b), (c), (e) and LightGBM (f1, f2) read the engine's "
     "model inputs (frozen MiniLM embeddings for text, the feature columns otherwise); (d1, d2) "
     "read the raw text; C of (b)-(e) is chosen on val macro-F1; (e) and (f2) tune a binary "
-    "threshold on train+val. See `benchmarks/bench_quality.py` for the exact recipe."
+    "threshold on train+val; AutoGluon (g), where it was run, reads the raw text or the feature "
+    "columns with the engine run's wall time as its limit. See `benchmarks/bench_quality.py` "
+    "for the exact recipe."
 )
 # Row id, display name, where the numbers come from ("engine" key or sklearn_baselines name).
 ROWS = (
@@ -107,10 +115,11 @@ ROWS = (
     ("e", "LogReg + TunedThresholdClassifierCV (binary)", "sklearn", "lr_tuned"),
     ("f1", "LightGBM balanced, same features", "sklearn", "lgbm_balanced"),
     ("f2", "LightGBM balanced + TunedThresholdClassifierCV (binary)", "sklearn", "lgbm_tuned"),
+    ("g", "AutoGluon TabularPredictor medium_quality, f1_macro", "sklearn", "autogluon"),
     ("h", "engine best single tuned model", "engine", "best_single"),
     ("i", "engine ensemble + thresholds", "engine", "ensemble"),
 )
-BASELINES = ("a", "b", "c", "d1", "d2", "e", "f1", "f2")  # (i) is held against the best
+BASELINES = ("a", "b", "c", "d1", "d2", "e", "f1", "f2", "g")  # (i) is held against the best
 TEXT_ONLY = ("tfidf_lr", "tfidf_lr_plain")
 BINARY_ONLY = ("lr_tuned", "lgbm_tuned")
 METRICS = ("macro_f1", "balanced_accuracy", "tail_recall")
@@ -336,14 +345,18 @@ def select_and_score(
     return out
 
 
-def sklearn_baselines(run_dir: str | Path, text: bool) -> dict[str, dict[str, Any]]:
+def sklearn_baselines(
+    run_dir: str | Path, text: bool, autogluon: tuple[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
     """(b) LogReg balanced, (c) SMOTE + LogReg and, for text sets, (d) TF-IDF + LogReg on the
-    splits of a prepared run directory.
+    splits of a prepared run directory; (e), (f); (g) with ``autogluon``.
 
     Args:
         run_dir: A run directory holding ``label_map.json``, ``splits/{train,val,test}`` (and,
             for text, ``embedded/{train,val,test}`` with the ``embedding`` column).
         text: Whether the set is text (inputs: ``embedding``; adds TF-IDF) or features.
+        autogluon: (the Python of AutoGluon's venv, seconds): also (g) AutoGluon on the raw
+            text or the feature columns.
 
     Returns:
         name -> {macro_f1, balanced_accuracy, tail_recall, per_class {key: precision, recall, f1,
@@ -394,7 +407,43 @@ def sklearn_baselines(run_dir: str | Path, text: bool) -> dict[str, dict[str, An
         make_lr = factories["lr_balanced"][0]
         out["lr_tuned"] = tuned_threshold(make_lr, data, keys, tail, out["lr_balanced"]["C"])
         out["lgbm_tuned"] = tuned_threshold(lambda c: lightgbm(), data, keys, tail, 0.0)
+    if autogluon is not None:
+        cols = (
+            {s: {"text": tables[s][text_col].to_pylist()} for s in splits}
+            if text
+            else {s: {f"f{j}": x[s][:, j] for j in range(x[s].shape[1])} for s in splits}
+        )
+        out["autogluon"] = autogluon_baseline(cols, y, keys, tail, *autogluon)
     return out
+
+
+def autogluon_baseline(
+    cols: dict[str, dict[str, Any]],
+    y: dict[str, np.ndarray],
+    keys: list[str],
+    tail: list[str],
+    python: str,
+    budget: float,
+) -> dict[str, Any]:
+    """(g): ``benchmarks/autogluon_baseline.py`` run by ``python`` (AutoGluon's own venv) on
+    the model inputs ``cols`` (raw text, or the feature columns) of each split, ``budget``
+    seconds; its test probabilities scored like the others."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for s, c in cols.items():
+            pq.write_table(pa.table({**c, "y": y[s]}), os.path.join(tmp, f"{s}.parquet"))
+        Path(tmp, "classes.json").write_text(json.dumps(len(keys)))
+        out = os.path.join(tmp, "proba.npy")
+        cmd = [python, str(ROOT / "benchmarks" / "autogluon_baseline.py"), "--data", tmp]
+        cmd += ["--time-limit", str(round(budget)), "--out", out]
+        t0 = time.time()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"AutoGluon failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = score(y["test"], np.load(out), keys, tail)
+    return {**result, **info, "budget_s": round(budget), "wall_s": round(time.time() - t0, 1)}
 
 
 # --------------------------------------------------------------------------- data and engine
@@ -663,7 +712,11 @@ def one_dataset(name: str, args: argparse.Namespace, previous: dict[str, Any]) -
     result["engine"] = None if args.prepare_only else engine_metrics(run_dir)
     result["data"] = data_summary(run_dir)
     print(f"{name}: scikit-learn baselines on {run_dir}", flush=True)
-    result["sklearn"] = sklearn_baselines(run_dir, text=bool(text))
+    ag = None
+    if args.autogluon_python:  # the engine run's wall time, unless a budget is given
+        budget = args.autogluon_budget or result.get("pipeline_wall_s") or 300.0
+        ag = (args.autogluon_python, float(budget))
+    result["sklearn"] = sklearn_baselines(run_dir, text=bool(text), autogluon=ag)
     return result
 
 
@@ -685,6 +738,17 @@ def main() -> int:
         help="run jobs.prepare instead of the pipeline: (b)-(d) only",
     )
     p.add_argument("--results", default=None, help="Markdown file to write the section into")
+    p.add_argument(
+        "--autogluon-python",
+        default=None,
+        help="the Python of a venv with autogluon.tabular: adds (g)",
+    )
+    p.add_argument(
+        "--autogluon-budget",
+        type=float,
+        default=None,
+        help="(g)'s time limit in seconds (default: the engine pipeline's wall time)",
+    )
     args = p.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)

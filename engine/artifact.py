@@ -210,6 +210,7 @@ def write_artifact(
             "weights": fit.weights,
             "member_temperatures": fit.member_temperatures,
             "temperature": fit.temperature,
+            "stacker": fit.stacker,
             "val_nll": fit.val_nll,
             "thresholds": THRESHOLDS,
             "label_map": LABEL_MAP_JSON,
@@ -318,6 +319,7 @@ class Artifact:
             "weights": self.weights,
             "temperature": self.temperature,
             "member_temperatures": self.member_temperatures,
+            "stacker": self.manifest.get("stacker"),
             "thresholds": self.thresholds.to_json(),
         }
 
@@ -431,4 +433,24 @@ def load_artifact(path: str) -> Artifact:
         embed = build_section(EmbedSpec, {**manifest["embed"], "model": model})
     if len(manifest["weights"]) != len(members):
         raise ValueError(f"{path}: {len(members)} members but {len(manifest['weights'])} weights")
+    _check_stacker(path, manifest.get("stacker"), len(members), len(label_map))
     return Artifact(path, manifest, label_map, thresholds, members, embed)
+
+
+def _check_stacker(path: str, stacker: Any, members: int, classes: int) -> None:
+    """A manifest's stacker must cover the members it groups and the label map's classes."""
+    if stacker is None:
+        return
+    groups = stacker.get("groups") if isinstance(stacker, dict) else None
+    ok = isinstance(groups, list) and all(
+        isinstance(g, list) and g and all(isinstance(i, int) and 0 <= i < members for i in g)
+        for g in groups
+    )
+    coef = np.asarray(stacker.get("coef", []), dtype=np.float64) if ok else np.empty(0)
+    ok = ok and coef.shape == (classes, classes * len(groups))
+    ok = ok and len(stacker.get("intercept", [])) == classes
+    if not ok:
+        raise ValueError(
+            f"{path}: the manifest's stacker does not fit its {members} members and {classes} "
+            "classes (groups of member indices, coef (K, K·groups), intercept (K,)); rebuild it"
+        )

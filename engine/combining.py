@@ -1,5 +1,6 @@
 """Combining members: per-member and ensemble temperatures, weights fitted on val NLL, greedy
-selection by a val decision metric.
+selection by a val decision metric; or a stacker (a multinomial logistic regression on the
+members' log-probabilities, its C chosen out of fold).
 
     fit = fit_combination(y_val, [p1, p2, p3], weights="fitted", temperature=True)
     p = combine([q1, q2, q3], fit.weights, fit.temperature, fit.member_temperatures)
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +30,13 @@ def combine(
     weights: Sequence[float],
     temperature: float,
     member_temperatures: Sequence[float] | None = None,
+    stacker: dict[str, Any] | None = None,
 ):
     """Each member's probabilities scaled by its own temperature, their weighted mean, scaled
-    by the ensemble's temperature; rows sum to 1."""
+    by the ensemble's temperature; rows sum to 1. With ``stacker`` (``fit_stacker`` plus its
+    ``groups``): the stacker's probabilities on the members' log-probabilities instead."""
+    if stacker is not None:
+        return stack_proba(stack_features(probas, stacker["groups"]), stacker)
     w = np.asarray(weights, dtype=np.float64)
     ts = member_temperatures if member_temperatures is not None else [1.0] * len(probas)
     p = (
@@ -172,6 +178,7 @@ class Combination:
     val_nll_mean: float  # val NLL of the plain mean of the members
     val_nll: float  # val NLL of the fitted combination
     member_temperatures: list[float] | None = None
+    stacker: dict[str, Any] | None = None  # ``fit_stacker``'s + ``groups``: it replaces the mean
 
 
 def fit_combination(
@@ -227,3 +234,101 @@ def contributions(
         p = combine([probas[j] for j in rest], w, fit.temperature, [ts[j] for j in rest])
         out.append(full - decision_score(y, p, criterion))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# stacking: a multinomial logistic regression on the members' log-probabilities, class c's
+# logit reading the members' log p(c)
+
+STACK_FLOOR = 1e-6  # members' probabilities are floored here before their log is a feature
+STACK_CS = (0.01, 0.1, 1.0)  # the stacker's inverse regularization, chosen out of fold
+
+
+def stack_features(probas: Sequence[np.ndarray], groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """(N, G·K): per member (``groups``: the indices of ``probas`` that make it, e.g. its fold
+    models, averaged), the log of its probabilities."""
+    cols = [
+        np.log(
+            np.maximum(np.mean([np.asarray(probas[i], np.float64) for i in g], axis=0), STACK_FLOOR)
+        )
+        for g in groups
+    ]
+    return np.concatenate(cols, axis=1)
+
+
+def fit_stacker(y: np.ndarray, x: np.ndarray, k: int, c: float) -> dict[str, list]:
+    """``{"coef": (K, G·K), "intercept": (K,)}``: a multinomial logistic regression of ``y`` on
+    ``x`` (``stack_features`` of G members) whose class c reads only the members' log p(c) —
+    logit_c = Σ_g a[g, c] · log p_g(c) + b_c, a per-class weighted log-linear pool with a
+    class bias: G·K + K numbers, where a full regression would fit G·K² (and, with 50 classes
+    and a few rows of each rare one, fit their noise, slowly). The L2 penalty
+    ``‖a − 1/G‖² / (2 c N)`` pulls toward the plain geometric mean (scikit-learn's C scaling).
+    Rows are not class-weighted: the decision rule fitted after it (offsets or a logit
+    adjustment) moves decisions toward rare classes, on its out-of-fold probabilities. A class
+    without rows in ``y`` gets an intercept far below the others (never predicted)."""
+    from scipy.optimize import minimize
+
+    n, g = len(y), x.shape[1] // k
+    present = np.bincount(y, minlength=k) > 0
+    args = (x.reshape(n, g, k), np.asarray(y, np.int64), 1.0 / (c * n))
+    theta0 = np.r_[np.full(g * k, 1.0 / g), np.zeros(k)]
+    res = minimize(stack_loss, theta0, args, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    a, b = res.x[: g * k].reshape(g, k), res.x[g * k :]
+    coef = np.zeros((k, g * k))
+    for j in range(g):
+        coef[np.arange(k), j * k + np.arange(k)] = a[j]
+    coef[~present] = 0.0
+    b = np.where(present, b, float(b[present].min()) - 50.0)
+    return {"coef": coef.tolist(), "intercept": b.tolist()}
+
+
+def stack_loss(theta: np.ndarray, xs: np.ndarray, y: np.ndarray, lam: float):
+    """The stacker's objective and gradient at ``theta`` (a (G, K) raveled, then b (K,)):
+    mean cross-entropy of ``y`` under logit_c = Σ_g a[g, c] · xs[:, g, c] + b_c, plus
+    ``lam / 2 · ‖a − 1/G‖²``."""
+    n, g, k = xs.shape
+    a, b = theta[: g * k].reshape(g, k), theta[g * k :]
+    z = np.einsum("ngk,gk->nk", xs, a) + b
+    z -= z.max(axis=1, keepdims=True)
+    logq = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    d = np.exp(logq)
+    d[np.arange(n), y] -= 1.0
+    d /= n  # d(mean CE)/dz
+    grad_a = np.einsum("ngk,nk->gk", xs, d) + lam * (a - 1.0 / g)
+    value = -float(logq[np.arange(n), y].mean()) + 0.5 * lam * float(((a - 1.0 / g) ** 2).sum())
+    return value, np.r_[grad_a.ravel(), d.sum(axis=0)]
+
+
+def stack_proba(x: np.ndarray, stacker: dict[str, Any]) -> np.ndarray:
+    """The stacker's class probabilities for features ``x`` (``stack_features``)."""
+    z = x @ np.asarray(stacker["coef"], np.float64).T + np.asarray(stacker["intercept"])
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def stack_cv(y: np.ndarray, x: np.ndarray, k: int, c: float, fold: np.ndarray) -> np.ndarray:
+    """Out-of-fold stacker probabilities: each ``fold`` value's rows scored by a stacker fitted
+    on the others."""
+    out = np.empty((len(y), k))
+    for f in np.unique(fold):
+        held = fold == f
+        out[held] = stack_proba(x[held], fit_stacker(y[~held], x[~held], k, c))
+    return out
+
+
+@dataclass(frozen=True)
+class StackChoice:
+    c: float  # the chosen inverse regularization
+    cv: dict[float, float]  # out-of-fold decision score per C tried
+    proba: np.ndarray  # (N, K) out-of-fold probabilities at ``c``
+
+
+def choose_stacker(
+    y: np.ndarray, x: np.ndarray, k: int, fold: np.ndarray, criterion: str = "macro_f1"
+) -> StackChoice:
+    """The C of ``STACK_CS`` whose out-of-fold stacker decides best (the smaller on ties)."""
+    cvs = {c: stack_cv(y, x, k, c, fold) for c in STACK_CS}
+    scores = {c: decision_score(y, p, criterion) for c, p in cvs.items()}
+    best = max(STACK_CS, key=lambda c: (scores[c], -c))
+    return StackChoice(best, scores, cvs[best])

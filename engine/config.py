@@ -247,7 +247,8 @@ class ModelSpec:
     MLP or lexical model without hidden layers, so everything that reads those reads it.
 
     ``gbdt``: gradient-boosted trees (LightGBM, ``engine.gbdt``) over the feature columns or the
-    text's embeddings, rounds stopped early on val (or ``rounds`` of them), rows weighted by
+    text's embeddings, rounds stopped early on val (or ``rounds`` of them), ``num_leaves``
+    leaves per tree, each tree on a ``feature_fraction`` share of the columns, rows weighted by
     the loss's class weights; saved as LightGBM's text model. Loss name, sampler, lr and
     epochs do not apply.
     """
@@ -269,6 +270,9 @@ class ModelSpec:
     C: float | None = None
     # gbdt: the number of boosting rounds; null: stopped early on the val log-loss
     rounds: int | None = None
+    # gbdt: leaves per tree and the share of feature columns each tree sees
+    num_leaves: int = 31
+    feature_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 1, "max_length", f"must be >= 1, got {self.max_length}")
@@ -277,6 +281,16 @@ class ModelSpec:
             self.rounds is None or self.rounds >= 1,
             "rounds",
             f"must be >= 1 or null, got {self.rounds}",
+        )
+        _require(
+            2 <= self.num_leaves <= 4096,
+            "num_leaves",
+            f"must be in [2, 4096], got {self.num_leaves}",
+        )
+        _require(
+            0 < self.feature_fraction <= 1,
+            "feature_fraction",
+            f"must be in (0, 1], got {self.feature_fraction}",
         )
         _require(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1: {self.hidden}")
         _require(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
@@ -477,7 +491,16 @@ class EnsembleSpec:
     ``cross_fit``: k >= 2 cross-fits the candidates (``engine.crossfit``): each trained again
     on k exactly stratified folds of train + val, and selection, weights, temperatures and
     thresholds fitted on their out-of-fold probabilities of every labelled row instead of on
-    val; each member is then the mean of its k fold models. 0: fitted on val."""
+    val; each member is then the mean of its k fold models. 0: fitted on val.
+
+    ``combiner`` (with ``cross_fit``): ``mean`` as above; ``stack``: a multinomial
+    logistic regression on every candidate's log-probabilities (class c's logit from their
+    log p(c): ``engine.combining.fit_stacker``), fitted on the
+    out-of-fold rows (its C chosen on the same folds); ``auto``: the stacker when its
+    out-of-fold decisions (each fold's rows scored by a stacker fitted on the others) beat
+    the mean's. The default is ``mean``: on the 8 sets of benchmarks/RESULTS.md ``auto``
+    took the stacker on three, each by a small out-of-fold margin, and lost test macro-F1 on
+    all three (0.003–0.005)."""
 
     top_k: int = 3
     candidates: Literal["best", "per_kind"] = "best"
@@ -485,6 +508,7 @@ class EnsembleSpec:
     weights: Literal["equal", "fitted"] = "equal"
     temperature: bool = True
     cross_fit: int = 0
+    combiner: Literal["mean", "auto", "stack"] = "mean"
 
     def __post_init__(self) -> None:
         _require(self.top_k >= 1, "top_k", f"must be >= 1, got {self.top_k}")
@@ -711,8 +735,11 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 # while they are at it, so a folder made before they existed still matches its spec.
 LATER_SETTINGS = {
     ("model", "rounds"): None,
+    ("model", "num_leaves"): 31,
+    ("model", "feature_fraction"): 0.5,
     ("train", "keep"): "best",
     ("ensemble", "cross_fit"): 0,
+    ("ensemble", "combiner"): "mean",
 }
 
 

@@ -404,6 +404,14 @@ def fold_scores(
     )
 
 
+def row_folds(plan: FoldPlan) -> np.ndarray:
+    """(N,) each train + val row's fold (-1: held out by none)."""
+    fold = np.full(plan.n_train + plan.n_val, -1, dtype=np.int64)
+    for f, h in enumerate(plan.held):
+        fold[h] = f
+    return fold
+
+
 def val_rows(plan: FoldPlan) -> np.ndarray:
     """The positions of the val split's rows, in its file order."""
     return plan.n_train + np.arange(plan.n_val)

@@ -198,6 +198,7 @@ class _Decided:
     thresholds: Any
     groups: list[list[int]]  # per chosen candidate, its indices in ``saved``
     info: dict[str, Any] = field(default_factory=dict)
+    added: dict[str, list] | None = None  # the stacker's per-member contributions
 
 
 def _decide(spec: JobSpec, members: list[Any], y: np.ndarray, probas: dict[str, Any]):
@@ -236,6 +237,7 @@ def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[s
     rows; each chosen candidate saved as its fold models, weight and temperature shared."""
     from engine import crossfit
     from engine.ensemble import SplitScores, combine
+    from engine.thresholds import fit_thresholds
 
     k = spec.ensemble.cross_fit
     plan = crossfit.write_folds(run, k, spec.split.seed)
@@ -263,18 +265,24 @@ def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[s
         fitted.temperature,
         fitted.member_temperatures,
     )
-    saved = [r for m in chosen for r in refs[m.name]]
     groups = [list(range(i * k, (i + 1) * k)) for i in range(len(chosen))]
     per_fold = replace(
         fitted,
         weights=[w / k for w in fitted.weights for _ in range(k)],
         member_temperatures=[t for t in fitted.member_temperatures for _ in range(k)],
     )
+    stacked = _stacked(spec, plan, members, cf, _decision(spec, cf.y[h], p_oof[h]))
+    if stacked.used:
+        chosen, per_fold, p_oof = members, stacked.fitted, stacked.p_oof
+        groups = stacked.fitted.stacker["groups"]
+        thresholds = fit_thresholds(cf.y[h], p_oof[h], spec.thresholds)
+    saved = [r for m in chosen for r in refs[m.name]]
     scores["test"].proba["ensemble"] = combine(
         [p for m in chosen for p in cf.test[m.name]],
         per_fold.weights,
         per_fold.temperature,
         per_fold.member_temperatures,
+        per_fold.stacker,
     )
     scores["val"].proba["ensemble"] = p_oof[at_val]
     scores["oof"] = SplitScores(cf.y, {**cf.oof, "ensemble": p_oof})
@@ -287,9 +295,79 @@ def _cross_fitted(spec: JobSpec, run: RunDir, members: list[Any], scores: dict[s
             "rows_in_every_fold": int((~h).sum()),
             "oof": {m.name: _decision(spec, cf.y[h], cf.oof[m.name][h]) for m in members},
             "oof_ensemble": _decision(spec, cf.y[h], p_oof[h]),
-        }
+        },
+        "combiner": stacked.info,
     }
-    return _Decided(chosen, saved, per_fold, thresholds, groups, info), cf
+    return _Decided(chosen, saved, per_fold, thresholds, groups, info, stacked.added), cf
+
+
+@dataclass
+class _Stacked:
+    used: bool
+    info: dict[str, Any]
+    fitted: Any = None  # a Combination with the stacker, over every candidate's fold models
+    p_oof: Any = None  # (N, K): out of fold on the held rows, the stacker's own on the rest
+    added: dict[str, list] | None = None  # what each candidate adds to it: oof, test
+
+
+def _stacked(spec: JobSpec, plan, members: list[Any], cf, mean_score: float) -> _Stacked:
+    """``ensemble.combiner``: the stacker on every candidate's out-of-fold log-probabilities,
+    its C and its score chosen on the cross-fit's own folds, kept (``auto``) when it beats the
+    mean combination's out-of-fold score ``mean_score``."""
+    from engine import crossfit
+    from engine.combining import (
+        CRITERIA,
+        Combination,
+        choose_stacker,
+        fit_stacker,
+        nll,
+        stack_features,
+        stack_proba,
+    )
+
+    info: dict[str, Any] = {"kind": "mean", "oof_mean": mean_score}
+    if spec.ensemble.combiner == "mean" or len(members) < 2:
+        return _Stacked(False, info)
+    k, h, n_cls = plan.k, cf.held, cf.oof[members[0].name].shape[1]
+    x = stack_features([cf.oof[m.name] for m in members], [[i] for i in range(len(members))])
+    fold = crossfit.row_folds(plan)
+    choice = choose_stacker(cf.y[h], x[h], n_cls, fold[h], CRITERIA.get(spec.tune.metric, "nll"))
+    stack_score = _decision(spec, cf.y[h], choice.proba)
+    info.update(oof_stack=stack_score, C=choice.c, cv={str(c): v for c, v in choice.cv.items()})
+    if spec.ensemble.combiner == "auto" and not stack_score > mean_score + 1e-4:
+        return _Stacked(False, info)
+    groups = [list(range(i * k, (i + 1) * k)) for i in range(len(members))]
+    stacker = {**fit_stacker(cf.y[h], x[h], n_cls, choice.c), "groups": groups, "C": choice.c}
+    p_oof = stack_proba(x, stacker)
+    p_oof[h] = choice.proba
+    x_test = stack_features([p for m in members for p in cf.test[m.name]], groups)
+    added = _stack_contributions(spec, (cf.y[h], x[h], fold[h]), (cf.y_test, x_test), choice)
+    n = k * len(members)
+    mean_nll = nll(cf.y[h], np.mean([cf.oof[m.name][h] for m in members], axis=0))
+    fitted = Combination(
+        [1.0 / n] * n, 1.0, mean_nll, nll(cf.y[h], choice.proba), [1.0] * n, stacker
+    )
+    return _Stacked(True, {**info, "kind": "stack"}, fitted, p_oof, added)
+
+
+def _stack_contributions(spec: JobSpec, rows: tuple, test: tuple, choice) -> dict[str, list]:
+    """Per candidate, the stacker's decision score minus that of a stacker fitted without its
+    log-probabilities: out of fold (``rows``: y, features, folds) and on ``test`` (y, features)."""
+    from engine.combining import fit_stacker, stack_cv, stack_proba
+
+    (y, x, fold), (y_test, x_test) = rows, test
+    n_cls = choice.proba.shape[1]
+    m = x.shape[1] // n_cls
+    full_test = _decision(spec, y_test, stack_proba(x_test, fit_stacker(y, x, n_cls, choice.c)))
+    full_oof = _decision(spec, y, choice.proba)
+    out: dict[str, list] = {"oof": [], "test": []}
+    for i in range(m):
+        cols = np.r_[0 : i * n_cls, (i + 1) * n_cls : m * n_cls]
+        p = stack_cv(y, x[:, cols], n_cls, choice.c, fold)
+        out["oof"].append(full_oof - _decision(spec, y, p))
+        fit = fit_stacker(y, x[:, cols], n_cls, choice.c)
+        out["test"].append(full_test - _decision(spec, y_test, stack_proba(x_test[:, cols], fit)))
+    return out
 
 
 def _best_epochs(run: RunDir) -> dict[str, int]:
@@ -330,7 +408,7 @@ def _ensemble(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     if spec.ensemble.cross_fit:
         d, cf = _cross_fitted(spec, run, members, scores, embed)
         h = cf.held
-        added = {
+        added = d.added or {
             "oof": _contributions(spec, cf.y[h], [cf.oof[m.name][h] for m in d.members], d, True),
             "test": _contributions(
                 spec, cf.y_test, [p for m in d.members for p in cf.test[m.name]], d

@@ -694,8 +694,14 @@ def _thresholds_html(inp: ReportInput, order: list[str]) -> str:
     elif t.kind == "offsets" and t.offsets is not None:
         offs = dict(zip(inp.labels, t.offsets))
         spans = "".join(f"<span>{_e(_short(c, 22))}: {offs[c]:+.3f}</span>" for c in order)
+        how = (
+            f"a logit adjustment, −τ·log(class frequency) with τ = {_fmt(t.info.get('tau'))}, "
+            "which beat one offset per class on the held-out folds"
+            if t.info.get("rule") == "logit_adjusted"
+            else "one per class"
+        )
         parts.append(
-            "<p>Per-class offsets added to log-probabilities (classes by training rows):</p>"
+            f"<p>Offsets added to log-probabilities ({_e(how)}; classes by training rows):</p>"
             f'<p class="offsets">{spans}</p>'
         )
     info = {k: v for k, v in t.info.items() if k not in ("warnings",)}
@@ -763,7 +769,8 @@ def _summary(page: _Page, inp: ReportInput, metrics: dict[str, Any], order) -> N
     ens = metrics.get("ensemble") or {}
     members = ens.get("members") or []
     if len(members) > 1:
-        page.body.append("<h3>The ensemble's members</h3>" + _members_table(members))
+        stacked = (ens.get("combiner") or {}).get("kind") == "stack"
+        page.body.append("<h3>The ensemble's members</h3>" + _members_table(members, stacked))
     if ens.get("candidates"):
         page.body.append("<h3>The candidates</h3>" + _candidates_table(ens))
 
@@ -795,6 +802,7 @@ def _candidates_table(ens: dict[str, Any]) -> str:
         if cf
         else "Members, weights, temperatures and thresholds were fitted on val."
     )
+    note += _combiner_note(ens.get("combiner") or {})
     return (
         '<div class="scroll"><table class="summary" id="table-candidates"><thead><tr>'
         '<th class="l">candidate</th><th class="l">kind</th><th class="l">from</th>'
@@ -804,9 +812,28 @@ def _candidates_table(ens: dict[str, Any]) -> str:
     )
 
 
-def _members_table(members: list[dict[str, Any]]) -> str:
+def _combiner_note(comb: dict[str, Any]) -> str:
+    """How the members were combined: the mean, or the stacker (and the scores that chose)."""
+    if "oof_stack" not in comb:
+        return ""
+    stack = (
+        f"a stacker (a multinomial logistic regression on every candidate's "
+        f"log-probabilities, C {_fmt(comb.get('C'))}) scored {_fmt(comb.get('oof_stack'))} out of "
+        f"fold (each fold's rows by a stacker fitted on the others) against the mean's "
+        f"{_fmt(comb.get('oof_mean'))}"
+    )
+    used = "the stacker combines the members" if comb.get("kind") == "stack" else "the mean is kept"
+    return f" Combining: {stack}; {used}."
+
+
+def _members_table(members: list[dict[str, Any]], stacked: bool = False) -> str:
     """Per member: kind, source, weight, and what the ensemble loses without it (on val, or
     out of fold when cross-fitted, and on test)."""
+    without = (
+        "a stacker fitted without the member's log-probabilities"
+        if stacked
+        else "the ensemble without the member, the other members' weights renormalized"
+    )
     first = "oof" if any("oof" in (m.get("contribution") or {}) for m in members) else "val"
     rows = []
     for m in members:
@@ -823,8 +850,8 @@ def _members_table(members: list[dict[str, Any]]) -> str:
         "</tr></thead><tbody>"
         + "".join(rows)
         + '</tbody></table></div><p class="small">Added: the ensemble\'s macro-F1 (argmax '
-        "decisions, before thresholds) minus that of the ensemble without the member, the other "
-        f"members' weights renormalized. {'The out-of-fold rows' if first == 'oof' else 'Val'} "
+        f"decisions, before thresholds) minus that of {without}. "
+        f"{'The out-of-fold rows' if first == 'oof' else 'Val'} "
         "chose the members and weights; the test column only reports.</p>"
     )
 

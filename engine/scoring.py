@@ -282,6 +282,7 @@ class Scorer:
             self.combine["weights"],
             self.combine["temperature"],
             self.combine.get("member_temperatures"),
+            self.combine.get("stacker"),
         )
         pred = apply_thresholds(p, Thresholds.from_json(self.combine["thresholds"]))
         out = batch.select(self.keep)

@@ -28,6 +28,10 @@ the current offset wins. Passes over the classes repeat until one changes nothin
 ``MAX_PASSES``). Offsets start at 0 and move only on a strict val improvement, so the result
 is never worse on val than argmax; the mean offset is subtracted (argmax ignores it). A class
 absent from val keeps its offset (nothing to fit it on), with a warning in ``info``.
+Beside them, post-hoc logit adjustment: one τ for all classes, offsets ``−τ log π`` (π the
+class frequencies of val). With ``cv_folds >= 2`` the rule kept (``info["rule"]``) is the one
+whose decisions, fitted on ``cv_folds - 1`` folds of val, score best on the held-out folds:
+per-class offsets, the logit adjustment (ties: it, one number) or argmax (it wins ties).
 
 Rules shared by both: macro averages count the classes present in val or predicted (as
 ``engine.metrics.classification_metrics``); the fit moves away from plain argmax only when
@@ -52,6 +56,7 @@ log = logging.getLogger("raybalance")
 OBJECTIVES = ("macro_f1", "f_beta", "target_recall", "target_precision")
 KINDS = ("binary", "offsets", "argmax")
 MAX_PASSES = 10
+LA_TAUS = np.round(np.arange(0.0, 3.0 + 1e-9, 0.05), 2)  # logit adjustment's τ candidates
 PROBA_FLOOR = 1e-15  # log-probabilities are taken of max(p, PROBA_FLOOR)
 _TOL = 1e-12  # score differences below this are ties (float noise of equal fractions)
 
@@ -444,7 +449,7 @@ def _fit_offsets(
                 swept_at[c] = changes  # its own sweep already chose the best o_c
     o = o - o.mean()
     final = real(o)
-    info = {"passes": passes, "converged": converged, "warnings": warnings}
+    info = {"rule": "offsets", "passes": passes, "converged": converged, "warnings": warnings}
     if final <= default + _TOL:
         info["note"] = "no offsets beat argmax on val"
         return _argmax_result(spec, y, proba, k, [] if quiet else warnings, info)
@@ -492,18 +497,33 @@ def fit_thresholds(y_val: np.ndarray, proba_val: np.ndarray, spec: ThresholdSpec
     if k == 2:
         return _fit_binary(y, proba, spec)
     fitted = _fit_offsets(y, proba, spec)
-    if fitted.kind != "offsets" or spec.cv_folds < 2:
+    adjusted = _fit_logit_adjustment(y, proba, spec)
+    if spec.cv_folds < 2:
         return fitted
-    cv, cv_default = cross_validated(y, proba, spec)
-    info = {**fitted.info, "cv_score": cv, "cv_default": cv_default, "cv_folds": spec.cv_folds}
-    if not cv > cv_default + _TOL:
+    if fitted.kind != "offsets" and adjusted.kind != "offsets":
+        return fitted
+    return _choose_rule(y, proba, spec, {"offsets": fitted, "logit_adjusted": adjusted})
+
+
+def _choose_rule(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec, rules: dict) -> Thresholds:
+    """The rule with the best objective on the held-out folds of val: per-class offsets, the
+    logit adjustment or argmax (ties: the one with fewer fitted numbers)."""
+    k = proba.shape[1]
+    cv = cross_validated_rules(y, proba, spec)
+    cv_default = cv["argmax"]
+    usable = [r for r in ("logit_adjusted", "offsets") if rules[r].kind == "offsets"]
+    best = max(usable, key=lambda r: cv[r] - (_TOL if r == "offsets" else 0.0))
+    info = {"cv_score": cv[best], "cv_default": cv_default, "cv_folds": spec.cv_folds}
+    info["cv_rules"] = {r: float(v) for r, v in cv.items()}
+    if not cv[best] > cv_default + _TOL:
         note = (
             f"offsets fitted on {spec.cv_folds - 1}/{spec.cv_folds} of val did not beat argmax "
-            f"on the held-out folds ({cv:.4f} vs {cv_default:.4f}): using argmax"
+            f"on the held-out folds ({cv[best]:.4f} vs {cv_default:.4f}): using argmax"
         )
         log.info("thresholds: %s", note)
-        return _argmax_result(spec, y, proba, k, [], {**info, "note": note})
-    return replace(fitted, info=info)
+        info = {**rules["offsets"].info, **info, "note": note}
+        return _argmax_result(spec, y, proba, k, [], info)
+    return replace(rules[best], info={**rules[best].info, **info})
 
 
 def cv_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -520,17 +540,62 @@ def cv_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 def cross_validated(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec) -> tuple[float, float]:
     """(objective of out-of-fold offset decisions, objective of argmax) on val."""
+    cv = cross_validated_rules(y, proba, spec)
+    return cv["offsets"], cv["argmax"]
+
+
+def cross_validated_rules(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec) -> dict:
+    """The objective on val of each multi-class rule's out-of-fold decisions: ``offsets``
+    (per-class), ``logit_adjusted`` (one τ) and ``argmax``; each fitted on ``cv_folds - 1``
+    folds and applied to the one held out."""
     k = proba.shape[1]
     fold = cv_folds(y, spec.cv_folds, spec.seed)
     pred = proba.argmax(axis=1)
-    oof = pred.copy()
+    fits = {"offsets": _fit_offsets, "logit_adjusted": _fit_logit_adjustment}
+    oof = {r: pred.copy() for r in fits}
     for f in range(spec.cv_folds):
         held = fold == f
         if not held.any() or len(np.unique(y[~held])) < 2:
             continue
-        t = _fit_offsets(y[~held], proba[~held], spec, quiet=True)
-        oof[held] = apply_thresholds(proba[held], t)
-    return _objective(y, oof, k, spec), _objective(y, pred, k, spec)
+        for r, fit in fits.items():
+            t = fit(y[~held], proba[~held], spec, quiet=True)
+            oof[r][held] = apply_thresholds(proba[held], t)
+    out = {r: _objective(y, o, k, spec) for r, o in oof.items()}
+    return {**out, "argmax": _objective(y, pred, k, spec)}
+
+
+def class_prior(y: np.ndarray, k: int) -> np.ndarray:
+    """Class frequencies of ``y``; a class without rows counts as often as the rarest one."""
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    counts[counts == 0] = counts[counts > 0].min()
+    return counts / counts.sum()
+
+
+def _fit_logit_adjustment(
+    y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec, quiet: bool = False
+) -> Thresholds:
+    """Post-hoc logit adjustment (Menon et al., 2021): ``argmax(log p − τ log π)`` with π the
+    class frequencies of ``y`` and τ on ``LA_TAUS`` maximizing the objective (the smallest
+    among ties); offsets ``−τ log π`` (mean 0). One number fitted, so less noise than one
+    offset per class where the tail has few rows."""
+    k = proba.shape[1]
+    logp = np.log(np.maximum(proba, PROBA_FLOOR))
+    log_prior = np.log(class_prior(y, k))
+    scores = [_objective(y, (logp - tau * log_prior).argmax(axis=1), k, spec) for tau in LA_TAUS]
+    i = int(np.argmax(scores))  # the first (smallest τ) of the best
+    default = float(scores[0])
+    if not scores[i] > default + _TOL:
+        return _argmax_result(spec, y, proba, k, [], {"note": "no logit adjustment beats argmax"})
+    o = -float(LA_TAUS[i]) * log_prior
+    return Thresholds(
+        kind="offsets",
+        threshold=None,
+        offsets=[float(v) for v in o - o.mean()],
+        objective=spec.objective,
+        val_score=float(scores[i]),
+        default_score=default,
+        info={"rule": "logit_adjusted", "tau": float(LA_TAUS[i]), "warnings": []},
+    )
 
 
 def apply_thresholds(proba: np.ndarray, t: Thresholds) -> np.ndarray:

@@ -646,6 +646,7 @@ def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, An
         val_arrays["label"],
         seed=loop.train.seed,
         rounds=config["gbdt_rounds"],
+        params=config.get("gbdt_params"),
     )
     loop.core.set_booster(booster.model_to_string())
     seconds = time.perf_counter() - t0
@@ -1025,6 +1026,10 @@ def loop_inputs(
         "exact": exact,
         "exact_C": spec.model.C,
         "gbdt_rounds": spec.model.rounds,
+        "gbdt_params": {
+            "num_leaves": spec.model.num_leaves,
+            "feature_fraction": spec.model.feature_fraction,
+        },
     }
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:

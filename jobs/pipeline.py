@@ -87,7 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     ens = m.get("ensemble", {})
     members = ", ".join(_member(x) for x in ens.get("members", []))
-    console.print(f"  ensemble: {members}; temperature {ens.get('temperature', 1.0):.2f}")
+    comb = ens.get("combiner") or {}
+    how = (
+        f"stacked (out of fold {comb['oof_stack']:.3f} vs the mean's {comb['oof_mean']:.3f})"
+        if comb.get("kind") == "stack"
+        else f"temperature {ens.get('temperature', 1.0):.2f}"
+    )
+    console.print(f"  ensemble: {members}; {how}")
     for note in m.get("notes", []):
         console.print(f"[yellow]  note:[/] {note}", markup=True)
     console.print(f"    report: {result.report}")

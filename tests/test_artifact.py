@@ -117,3 +117,22 @@ def test_artifacts_and_model_folders_are_signed_when_written_with_a_key(tmp_path
     (folder / "config.json").write_text('{"a": 1}')  # rewritten, manifest re-made: re-signed
     write_model_manifest(str(folder), DataSpec(path="x", label="y", features="f"), None)
     verify_artifact(str(folder), "raybalance-model/1")
+
+
+def test_a_stacker_that_does_not_fit_the_members_or_classes_is_refused():
+    from engine.artifact import _check_stacker
+
+    ok = {"groups": [[0, 1], [2, 3]], "coef": [[0.0] * 6] * 3, "intercept": [0.0] * 3}
+    _check_stacker("art", ok, members=4, classes=3)
+    _check_stacker("art", None, members=4, classes=3)
+    bad = [
+        {**ok, "groups": [[0, 1], [2, 4]]},  # a member index past the members
+        {**ok, "groups": [[0, 1], []]},
+        {**ok, "coef": [[0.0] * 6] * 2},  # two classes' rows for three classes
+        {**ok, "coef": [[0.0] * 3] * 3},
+        {**ok, "intercept": [0.0] * 2},
+        [1, 2],
+    ]
+    for stacker in bad:
+        with pytest.raises(ValueError, match="art: the manifest's stacker does not fit"):
+            _check_stacker("art", stacker, members=4, classes=3)

@@ -161,3 +161,20 @@ def test_exponent_floats_without_a_dot_are_floats_in_files_and_overrides(tmp_pat
     assert spec.model.C == pytest.approx(25.0)
     assert spec.tune.search_space["train.lr"] == {"loguniform": [1e-5, 1e-3]}
     assert load_spec(None, ["data.label=e5", "name=5e"]).data.label == "e5"  # not numbers
+
+
+def test_gbdt_and_combiner_settings_are_checked_and_left_out_of_records_at_defaults():
+    from engine.config import spec_record
+
+    for bad, key in (
+        ("model.num_leaves=1", "num_leaves"),
+        ("model.feature_fraction=0", "feature_fraction"),
+        ("model.feature_fraction=1.5", "feature_fraction"),
+        ("ensemble.combiner=median", "combiner"),
+    ):
+        with pytest.raises(SpecError, match=key):
+            load_spec(None, [bad])
+    plain = spec_record(load_spec(None, []))
+    assert "num_leaves" not in plain["model"] and "combiner" not in plain["ensemble"]
+    set_ = spec_record(load_spec(None, ["model.num_leaves=15", "ensemble.combiner=auto"]))
+    assert set_["model"]["num_leaves"] == 15 and set_["ensemble"]["combiner"] == "auto"

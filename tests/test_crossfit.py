@@ -171,10 +171,8 @@ def test_a_cross_fitted_pipeline_saves_fold_models_that_predict_as_it_scored(
 ):
     """`raybalance run` with ensemble.cross_fit: a linear, a gbdt and an MLP trial, each
     cross-fitted on 3 folds; the artifact holds the chosen members' fold models (nothing
-    pickled) and `raybalance predict` reproduces the pipeline's test probabilities."""
-    import subprocess
-    import sys
-
+    pickled) and `raybalance predict` reproduces the pipeline's test probabilities — with the
+    stacker combining them, then (the fold models reused) with their mean."""
     from engine.pipeline import load_scores
     from tests.test_members import _no_pickle
 
@@ -191,58 +189,67 @@ def test_a_cross_fitted_pipeline_saves_fold_models_that_predict_as_it_scored(
         "ensemble.cross_fit=3",
         "ensemble.selection=top_k",
     ]
-    cmd = [
-        sys.executable,
-        "-m",
-        "jobs.cli",
-        "run",
-        "--config",
-        str(ROOT / "jobs/configs/digits_lt100.yaml"),
-    ]
+    for combiner in ("stack", "mean"):
+        out = _cli(["run", "--config", str(ROOT / "jobs/configs/digits_lt100.yaml")], [
+            *sets, f"ensemble.combiner={combiner}"
+        ], ray_env)  # fmt: skip
+        assert "oof)" in out  # the member line says what each added out of fold
+        manifest = json.loads((run / "ensemble/manifest.json").read_text())
+        info = manifest["extra"]
+        assert info["cross_fit"]["folds"] == 3 and info["cross_fit"]["rows_in_every_fold"] == 1
+        names = [m["name"] for m in manifest["members"]]
+        assert names == [f"m{i}f{f}" for i in (1, 2, 3) for f in range(3)]
+        assert {m["kind"] for m in info["members"]} == {"linear", "gbdt", "mlp"}
+        assert sum(manifest["weights"]) == pytest.approx(1.0)
+        _no_pickle(run / "ensemble")
+        scores = load_scores(str(run / "scores.safetensors"))
+        oof = scores["oof"]
+        assert len(oof["y"]) == info["cross_fit"]["rows"] + 1
+        held = np.bincount(oof["y"])[oof["y"]] > 1  # (the one-row class is in every fold)
+        for name in ("m1", "m2", "m3"):  # each candidate's out-of-fold score, as recorded
+            got = _macro_f1(oof["y"][held], oof[name][held])
+            assert info["cross_fit"]["oof"][name] == pytest.approx(got)
+        comb = info["combiner"]
+        assert comb["kind"] == combiner
+        stacked = {"oof_stack", "C", "cv"} if combiner == "stack" else set()
+        assert set(comb) == {"kind", "oof_mean"} | stacked
+        assert info["cross_fit"]["oof_ensemble"] == pytest.approx(comb[f"oof_{combiner}"])
+        ens = _macro_f1(oof["y"][held], oof["ensemble"][held])
+        assert ens == pytest.approx(comb[f"oof_{combiner}"])
+        if combiner == "stack":
+            assert "stacked (out of fold" in out
+            assert manifest["stacker"]["groups"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+            assert all(m["contribution"]["oof"] is not None for m in info["members"])
+        else:
+            assert manifest["stacker"] is None
+        assert "table-candidates" in (run / "report/report.html").read_text()
+        _predicts_as_scored(run, tmp_path / combiner, scores["test"]["ensemble"], ray_env)
+
+
+def _cli(args: list[str], sets: list[str], env) -> str:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "jobs.cli", *args]
     for s in sets:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "oof)" in proc.stdout  # the member line says what each added out of fold
+    return proc.stdout
 
-    manifest = json.loads((run / "ensemble/manifest.json").read_text())
-    info = manifest["extra"]
-    assert info["cross_fit"]["folds"] == 3 and info["cross_fit"]["rows_in_every_fold"] == 1
-    names = [m["name"] for m in manifest["members"]]
-    assert names == [f"m{i}f{f}" for i in (1, 2, 3) for f in range(3)]
-    assert {m["kind"] for m in info["members"]} == {"linear", "gbdt", "mlp"}
-    assert sum(manifest["weights"]) == pytest.approx(1.0)
-    _no_pickle(run / "ensemble")
-    scores = load_scores(str(run / "scores.safetensors"))
-    oof = scores["oof"]
-    assert len(oof["y"]) == info["cross_fit"]["rows"] + 1
-    held = np.bincount(oof["y"])[oof["y"]] > 1  # (the one-row class is in every fold)
-    for name in ("m1", "m2", "m3"):  # each candidate's out-of-fold score, as recorded
-        got = _macro_f1(oof["y"][held], oof[name][held])
-        assert info["cross_fit"]["oof"][name] == pytest.approx(got)
-    assert "table-candidates" in (run / "report/report.html").read_text()
 
-    raw = tmp_path / "raw"
-    raw.mkdir()
+def _predicts_as_scored(run, tmp, want: np.ndarray, env) -> None:
+    """`raybalance predict` on the test rows (no label) gives the pipeline's test probabilities."""
+    raw = tmp / "raw"
+    raw.mkdir(parents=True)
     test = pq.read_table(run / "splits/test")
     pq.write_table(test.drop_columns(["label"]), raw / "x.parquet")
-    out = tmp_path / "pred.parquet"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jobs.cli",
-        "predict",
-        str(run / "ensemble"),
-        str(raw),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ray_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp / "pred.parquet"
+    _cli(["predict", str(run / "ensemble"), str(raw), "--out", str(out)], [], env)
     got = pq.read_table(out)
     keys = LabelMap.from_json(json.loads((run / "label_map.json").read_text())).keys
     proba = np.stack([got.column(f"proba_{k}").to_numpy() for k in keys], 1)
-    np.testing.assert_allclose(proba, scores["test"]["ensemble"], atol=2e-4)
+    np.testing.assert_allclose(proba, want, atol=2e-4)
 
 
 def _macro_f1(y: np.ndarray, p: np.ndarray) -> float:

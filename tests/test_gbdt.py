@@ -72,6 +72,8 @@ def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local,
         f"data.features=[{', '.join(f'f{i}' for i in range(10))}]",
         f"run_dir={tmp_path / 'run'}",
         "model.kind=gbdt",
+        "model.num_leaves=7",  # the search's knobs reach the booster
+        "model.feature_fraction=0.8",
         "loss.weights=inverse",
         "train.num_workers=2",  # one fit in one process anyway
     ]
@@ -85,3 +87,46 @@ def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local,
     assert sorted(os.listdir(result.best_dir)) == files
     m = evaluate_split(spec, result.best_dir, "test")
     assert m["macro_f1"] > 0.8
+    text = (Path(result.best_dir) / MODEL_TXT).read_text()
+    assert "[num_leaves: 7]" in text and "[feature_fraction: 0.8]" in text
+
+
+def test_leaves_and_feature_fraction_shape_the_trees():
+    x, y = _data(3, n=600)
+    xv, yv = _data(3, seed=1)
+    small = fit_booster(x, y, 3, None, xv, yv, rounds=20, params={"num_leaves": 3})
+    big = fit_booster(x, y, 3, None, xv, yv, rounds=20)
+    leaves = [t["num_leaves"] for t in small.dump_model()["tree_info"]]
+    assert max(leaves) <= 3 < max(t["num_leaves"] for t in big.dump_model()["tree_info"])
+    one = fit_booster(x, y, 3, None, xv, yv, rounds=20, params={"feature_fraction": 1 / 6})
+    per_tree = [_split_features(t["tree_structure"]) for t in one.dump_model()["tree_info"]]
+    assert all(len(f) <= 1 for f in per_tree)  # each tree sees one of the 6 columns
+    assert len(set().union(*per_tree)) > 1  # drawn at random per tree
+    assert any(len(_split_features(t["tree_structure"])) > 1 for t in big.dump_model()["tree_info"])
+
+
+def _split_features(node: dict) -> set[int]:
+    if "split_feature" not in node:
+        return set()
+    below = _split_features(node["left_child"]) | _split_features(node["right_child"])
+    return {node["split_feature"]} | below
+
+
+def test_rounds_stop_at_the_lowest_unweighted_val_loss():
+    """Class weights weigh the training rows only: the kept rounds are those with the lowest
+    val log-loss counting every val row once (the class-weighted one, which follows the rarest
+    rows' noise, bottoms out far earlier here)."""
+    from sklearn.metrics import log_loss
+
+    from engine.gbdt import EARLY_STOP
+
+    x, y = _data(3, n=600)
+    xv, yv = _data(3, n=300, seed=10)
+    w = np.array([1.0, 5.0, 40.0])
+    best = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0).best_iteration
+    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + EARLY_STOP)
+    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + EARLY_STOP + 1)]
+    plain = [log_loss(yv, p, labels=[0, 1, 2]) for p in staged]
+    weighted = [log_loss(yv, p, labels=[0, 1, 2], sample_weight=w[yv]) for p in staged]
+    assert best == int(np.argmin(plain)) + 1
+    assert int(np.argmin(weighted)) + 1 < best - 10

@@ -16,7 +16,9 @@ from engine.config import ThresholdSpec
 from engine.metrics import classification_metrics
 from engine.thresholds import (
     Thresholds,
+    _fit_logit_adjustment,
     apply_thresholds,
+    class_prior,
     cross_validated,
     cv_folds,
     fit_thresholds,
@@ -329,9 +331,47 @@ def test_offsets_that_correct_a_real_bias_survive_the_check():
     cv, default = cross_validated(y, p, ThresholdSpec())
     assert cv > default + 0.05
     t = fit_thresholds(y, p, ThresholdSpec())
-    assert t.kind == "offsets" and t.info["cv_score"] == pytest.approx(cv)
+    rules = t.info["cv_rules"]
+    assert t.kind == "offsets" and rules["offsets"] == pytest.approx(cv)
+    assert t.info["cv_score"] == pytest.approx(rules[t.info["rule"]])
     with pytest.raises(Exception, match="cv_folds"):
         ThresholdSpec(cv_folds=-1)
+
+
+def test_logit_adjustment_undoes_a_prior_baked_into_the_logits():
+    spec = ThresholdSpec()
+    y, p = _multiclass(0, n=3000, k=10, temper=1.5)
+    y_new, p_new = _multiclass(1, n=20000, k=10, temper=1.5)
+    t = _fit_logit_adjustment(y, p, spec)
+    tau = t.info["tau"]
+    assert t.kind == "offsets" and t.info["rule"] == "logit_adjusted" and 0.5 <= tau <= 2.0
+    o = -tau * np.log(class_prior(y, 10))
+    np.testing.assert_allclose(t.offsets, o - o.mean())
+    f1 = f1_score(y_new, apply_thresholds(p_new, t), average="macro")
+    assert (
+        f1 > f1_score(y_new, p_new.argmax(1), average="macro") + 0.1
+    )  # it carries over to new rows
+    # without a baked-in prior there is little to undo
+    y0, p0 = _multiclass(0, n=3000, k=10, temper=0.0)
+    t0 = _fit_logit_adjustment(y0, p0, spec)
+    assert t0.kind == "argmax" or t0.info["tau"] <= 0.3
+
+
+def test_the_rule_kept_is_the_best_on_held_out_folds():
+    """Long tail with 1–8 val rows per tail class: per-class offsets or one τ, whichever
+    decides better on the held-out folds (the logit adjustment on ties) — both happen."""
+    kept = set()
+    for seed in range(4):
+        y, p = _multiclass(seed, n=600, k=20, temper=1.5)
+        t = fit_thresholds(y, p, ThresholdSpec())
+        cv = t.info["cv_rules"]
+        best = "offsets" if cv["offsets"] > cv["logit_adjusted"] else "logit_adjusted"
+        assert t.info["rule"] == best and t.info["cv_score"] == cv[best] > cv["argmax"]
+        kept.add(best)
+        if best == "logit_adjusted":
+            o = -t.info["tau"] * np.log(class_prior(y, 20))
+            np.testing.assert_allclose(t.offsets, o - o.mean())
+    assert kept == {"offsets", "logit_adjusted"}
 
 
 # --- bad inputs ----------------------------------------------------------------------------------
