@@ -345,24 +345,9 @@ def select_and_score(
     return out
 
 
-def sklearn_baselines(
-    run_dir: str | Path, text: bool, autogluon: tuple[str, float] | None = None
-) -> dict[str, dict[str, Any]]:
-    """(b) LogReg balanced, (c) SMOTE + LogReg and, for text sets, (d) TF-IDF + LogReg on the
-    splits of a prepared run directory; (e), (f); (g) with ``autogluon``.
-
-    Args:
-        run_dir: A run directory holding ``label_map.json``, ``splits/{train,val,test}`` (and,
-            for text, ``embedded/{train,val,test}`` with the ``embedding`` column).
-        text: Whether the set is text (inputs: ``embedding``; adds TF-IDF) or features.
-        autogluon: (the Python of AutoGluon's venv, seconds): also (g) AutoGluon on the raw
-            text or the feature columns.
-
-    Returns:
-        name -> {macro_f1, balanced_accuracy, tail_recall, per_class {key: precision, recall, f1,
-        support}, C, val_macro_f1, val_macro_f1_by_C, unconverged_C, seconds, + sampler notes}.
-    """
-    run = Path(run_dir)
+def split_inputs(run: Path, text: bool):
+    """(label keys, tail classes, tables, model inputs x, labels y, text column) of the
+    run's train / val / test splits (see :func:`sklearn_baselines`)."""
     label_map = LabelMap.from_json(json.loads((run / "label_map.json").read_text()))
     keys = label_map.keys
     manifest = json.loads((run / "splits" / "_manifest.json").read_text())
@@ -384,10 +369,46 @@ def sklearn_baselines(
             s: feature_matrix(tables[s], run_spec(run).get("features"), label_map.column)
             for s in splits
         }
+        text_col = None
     for s in splits:
         n = manifest["rows"][s]
         assert tables[s].num_rows == n, f"{s}: {tables[s].num_rows} rows, manifest {n}"
     y = {s: label_map.encode(tables[s][label_map.column]) for s in splits}
+    return keys, tail, tables, x, y, text_col
+
+
+def ag_columns(tables, x, text_col: str | None) -> dict[str, dict[str, Any]]:
+    """(g)'s inputs per split: the raw text, or the feature columns as f0, f1, ..."""
+    if text_col is not None:
+        return {s: {"text": t[text_col].to_pylist()} for s, t in tables.items()}
+    return {s: {f"f{j}": m[:, j] for j in range(m.shape[1])} for s, m in x.items()}
+
+
+def autogluon_of_run(run_dir: str | Path, text: bool, autogluon: tuple[str, float]):
+    """(g) alone on a run directory's splits."""
+    keys, tail, tables, x, y, text_col = split_inputs(Path(run_dir), text)
+    return autogluon_baseline(ag_columns(tables, x, text_col), y, keys, tail, *autogluon)
+
+
+def sklearn_baselines(
+    run_dir: str | Path, text: bool, autogluon: tuple[str, float] | None = None
+) -> dict[str, dict[str, Any]]:
+    """(b) LogReg balanced, (c) SMOTE + LogReg and, for text sets, (d) TF-IDF + LogReg on the
+    splits of a prepared run directory; (e), (f); (g) with ``autogluon``.
+
+    Args:
+        run_dir: A run directory holding ``label_map.json``, ``splits/{train,val,test}`` (and,
+            for text, ``embedded/{train,val,test}`` with the ``embedding`` column).
+        text: Whether the set is text (inputs: ``embedding``; adds TF-IDF) or features.
+        autogluon: (the Python of AutoGluon's venv, seconds): also (g) AutoGluon on the raw
+            text or the feature columns.
+
+    Returns:
+        name -> {macro_f1, balanced_accuracy, tail_recall, per_class {key: precision, recall, f1,
+        support}, C, val_macro_f1, val_macro_f1_by_C, unconverged_C, seconds, + sampler notes}.
+    """
+    keys, tail, tables, x, y, text_col = split_inputs(Path(run_dir), text)
+    splits = ("train", "val", "test")
     factories = model_factories(scale=not text, y_train=y["train"])
     out = {}
     for name, (make, notes) in factories.items():
@@ -408,11 +429,7 @@ def sklearn_baselines(
         out["lr_tuned"] = tuned_threshold(make_lr, data, keys, tail, out["lr_balanced"]["C"])
         out["lgbm_tuned"] = tuned_threshold(lambda c: lightgbm(), data, keys, tail, 0.0)
     if autogluon is not None:
-        cols = (
-            {s: {"text": tables[s][text_col].to_pylist()} for s in splits}
-            if text
-            else {s: {f"f{j}": x[s][:, j] for j in range(x[s].shape[1])} for s in splits}
-        )
+        cols = ag_columns(tables, x, text_col)
         out["autogluon"] = autogluon_baseline(cols, y, keys, tail, *autogluon)
     return out
 
@@ -609,6 +626,12 @@ def subsection(name: str, result: dict[str, Any], command: str, host: str) -> st
             f"RandomOverSampler copies for {smote['copied_classes']} single-row class(es); "
             f"{smote['train_rows_after']} train rows after"
         )
+    ag = sk.get("autogluon")
+    if ag:
+        lines.append(
+            f"- (g): AutoGluon fitted in {ag['seconds']:.0f} s of its {ag['budget_s']} s limit "
+            f"(its best: {ag['best_model']})"
+        )
     bad = {k: v["unconverged_C"] for k, v in sk.items() if v.get("unconverged_C")}
     if bad:
         lines.append(f"- Not converged in {MAX_ITER} iterations (C values): {bad}")
@@ -711,12 +734,19 @@ def one_dataset(name: str, args: argparse.Namespace, previous: dict[str, Any]) -
         result["pipeline_wall_s"] = previous.get("pipeline_wall_s")
     result["engine"] = None if args.prepare_only else engine_metrics(run_dir)
     result["data"] = data_summary(run_dir)
-    print(f"{name}: scikit-learn baselines on {run_dir}", flush=True)
     ag = None
     if args.autogluon_python:  # the engine run's wall time, unless a budget is given
         budget = args.autogluon_budget or result.get("pipeline_wall_s") or 300.0
         ag = (args.autogluon_python, float(budget))
-    result["sklearn"] = sklearn_baselines(run_dir, text=bool(text), autogluon=ag)
+    kept = previous.get("sklearn") if args.reuse_baselines else None
+    if kept:
+        print(f"{name}: baselines kept from {work / 'quality.json'}", flush=True)
+        result["sklearn"] = dict(kept)
+        if ag and "autogluon" not in kept:
+            result["sklearn"]["autogluon"] = autogluon_of_run(run_dir, bool(text), ag)
+    else:
+        print(f"{name}: scikit-learn baselines on {run_dir}", flush=True)
+        result["sklearn"] = sklearn_baselines(run_dir, text=bool(text), autogluon=ag)
     return result
 
 
@@ -742,6 +772,11 @@ def main() -> int:
         "--autogluon-python",
         default=None,
         help="the Python of a venv with autogluon.tabular: adds (g)",
+    )
+    p.add_argument(
+        "--reuse-baselines",
+        action="store_true",
+        help="keep (b)-(g) from WORK/quality.json where present (adds a missing (g) alone)",
     )
     p.add_argument(
         "--autogluon-budget",

@@ -682,7 +682,9 @@ def _thresholds_html(inp: ReportInput, order: list[str]) -> str:
     if t is None:
         return "<p>No fitted thresholds: the last model decides by argmax.</p>"
     parts = [
-        f"<p>Kind <b>{_e(t.kind)}</b>, objective <b>{_e(t.objective)}</b>, fitted on val only. "
+        f"<p>Kind <b>{_e(t.kind)}</b>, objective <b>{_e(t.objective)}</b>, fitted on val "
+        "(when the ensemble is cross-fitted: on the out-of-fold rows of train + val), never on "
+        "test. "
         f"Objective on val: {_fmt(t.val_score, 4)} fitted vs {_fmt(t.default_score, 4)} with "
         "plain argmax.</p>"
     ]
