@@ -331,7 +331,9 @@ def _stacked(spec: JobSpec, plan, members: list[Any], cf, mean_score: float) -> 
     k, h, n_cls = plan.k, cf.held, cf.oof[members[0].name].shape[1]
     x = stack_features([cf.oof[m.name] for m in members], [[i] for i in range(len(members))])
     fold = crossfit.row_folds(plan)
-    choice = choose_stacker(cf.y[h], x[h], n_cls, fold[h], CRITERIA.get(spec.tune.metric, "nll"))
+    choice = choose_stacker(
+        cf.y[h], x[h], n_cls, fold[h], CRITERIA.get(spec.tune.metric, "macro_f1")
+    )
     stack_score = _decision(spec, cf.y[h], choice.proba)
     info.update(oof_stack=stack_score, C=choice.c, cv={str(c): v for c, v in choice.cv.items()})
     if spec.ensemble.combiner == "auto" and not stack_score > mean_score + 1e-4:
