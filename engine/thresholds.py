@@ -497,9 +497,9 @@ def fit_thresholds(y_val: np.ndarray, proba_val: np.ndarray, spec: ThresholdSpec
     if k == 2:
         return _fit_binary(y, proba, spec)
     fitted = _fit_offsets(y, proba, spec)
-    adjusted = _fit_logit_adjustment(y, proba, spec)
     if spec.cv_folds < 2:
         return fitted
+    adjusted = _fit_logit_adjustment(y, proba, spec)
     if fitted.kind != "offsets" and adjusted.kind != "offsets":
         return fitted
     return _choose_rule(y, proba, spec, {"offsets": fitted, "logit_adjusted": adjusted})
@@ -517,7 +517,7 @@ def _choose_rule(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec, rules: d
     info["cv_rules"] = {r: float(v) for r, v in cv.items()}
     if not cv[best] > cv_default + _TOL:
         note = (
-            f"offsets fitted on {spec.cv_folds - 1}/{spec.cv_folds} of val did not beat argmax "
+            f"{best} fitted on {spec.cv_folds - 1}/{spec.cv_folds} of val did not beat argmax "
             f"on the held-out folds ({cv[best]:.4f} vs {cv_default:.4f}): using argmax"
         )
         log.info("thresholds: %s", note)
