@@ -250,7 +250,8 @@ class ModelSpec:
     text's embeddings, rounds stopped early on val (or ``rounds`` of them), ``num_leaves``
     leaves per tree, each tree on a ``feature_fraction`` share of the columns, rows weighted by
     the loss's class weights; saved as LightGBM's text model. Loss name, sampler, lr and
-    epochs do not apply.
+    epochs do not apply; ``train.num_workers`` > 1 fits data-parallel under a
+    ``LightGBMTrainer`` (on CPU workers).
     """
 
     kind: Literal["transformer", "mlp", "lexical", "linear", "gbdt"] = "transformer"
@@ -268,6 +269,9 @@ class ModelSpec:
     standardize: bool | None = None
     # linear: inverse L2 regularization strength; null: the best on val of LINEAR_C_GRID
     C: float | None = None
+    # linear: lbfgs (the exact solve on the rows in memory), sgd (averaged SGD over streamed
+    # batches, past memory), auto (sgd once the train rows' design matrix passes 2 GiB)
+    solver: Literal["auto", "lbfgs", "sgd"] = "auto"
     # gbdt: the number of boosting rounds; null: stopped early on the val log-loss
     rounds: int | None = None
     # gbdt: leaves per tree and the share of feature columns each tree sees
@@ -735,6 +739,7 @@ def spec_to_dict(spec: Any) -> dict[str, Any]:
 # while they are at it, so a folder made before they existed still matches its spec.
 LATER_SETTINGS = {
     ("model", "rounds"): None,
+    ("model", "solver"): "auto",
     ("model", "num_leaves"): 31,
     ("model", "feature_fraction"): 0.5,
     ("train", "keep"): "best",
@@ -905,7 +910,7 @@ LINEAR_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)  # model.C null: the linear fit's 
 # train.lr null: a rate that trains each kind (AdamW): a pretrained transformer is fine-tuned
 # gently, heads and the n-gram bag start from scratch
 DEFAULT_LR = {"transformer": 5e-5, "mlp": 3e-3, "lexical": 1e-2, "linear": 3e-3, "gbdt": 3e-3}
-EXACT_KINDS = ("linear", "gbdt")  # fitted by one solve in one process, not by epochs of AdamW
+EXACT_KINDS = ("linear", "gbdt")  # fitted by one solve, not by epochs of AdamW
 
 
 def learning_rate(spec: JobSpec) -> float:

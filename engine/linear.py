@@ -10,12 +10,21 @@ standardized features, or the lexical n-gram bag), so that export, scoring, ense
 
 An exact convex solve reaches the optimum that a few epochs of AdamW at a sampled rate do not;
 its regularization ``C`` is chosen on val from a grid (``fit_path``, warm-started) unless set.
+
+Past memory (``model.solver: sgd``, or ``auto`` when the train rows' design matrix would exceed
+``SGD_ABOVE_BYTES``) the same objective is approached by averaged SGD over streamed batches
+(``sgd_path``: scikit-learn's ``SGDClassifier.partial_fit`` with the log loss, one-vs-rest, a
+constant step whose running average is the fit, its
+L2 strength ``alpha = 1 / (C n)`` — LogisticRegression's objective divided by ``C n`` —, one
+model per C fed by the same passes), never holding more than a batch:
+
+    for C, w, b in sgd_path(lambda: batches, core, num_classes, Cs, weights, rows): ...
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +33,28 @@ import torch
 ABSENT_BIAS = -30.0  # the logit bias of a class with no training rows: never predicted
 MAX_ITER = 500
 TOL = 1e-4  # scikit-learn's default
+SGD_ABOVE_BYTES = 2 << 30  # solver auto: SGD once the train rows' design would pass this
+SGD_EPOCHS = 10  # passes over the streamed train rows
+SGD_ETA = 0.01  # the constant step of averaged SGD (the average is what converges)
+SGD_BATCH = 4096  # rows per streamed batch
+SOLVERS = ("auto", "lbfgs", "sgd")
+
+
+def design_bytes(rows: int, val_arrays: dict[str, np.ndarray]) -> int:
+    """The bytes of the train rows' design matrix (float64; sparse n-grams: value + index per
+    term), its row width read off the val rows' arrays."""
+    if "features" in val_arrays:
+        return rows * int(val_arrays["features"].shape[1]) * 8
+    return rows * int(val_arrays["lex_idx"].shape[1]) * 16
+
+
+def choose_solver(solver: str, rows: int, val_arrays: dict[str, np.ndarray]) -> str:
+    """``lbfgs`` or ``sgd``: ``solver`` itself, or for ``auto`` SGD past ``SGD_ABOVE_BYTES``."""
+    if solver not in SOLVERS:
+        raise ValueError(f"model.solver={solver!r}: use one of {list(SOLVERS)}")
+    if solver != "auto":
+        return solver
+    return "sgd" if design_bytes(rows, val_arrays) > SGD_ABOVE_BYTES else "lbfgs"
 
 
 def design_matrix(core: torch.nn.Module, arrays: dict[str, np.ndarray]):
@@ -87,6 +118,57 @@ def fit_path(
             warnings.simplefilter("ignore", ConvergenceWarning)
             clf.fit(x, y, sample_weight=sw)
         yield (C, *_weights(clf, used, num_classes, width))
+
+
+def sgd_path(
+    batches: Callable[[], Iterable[dict[str, np.ndarray]]],
+    core: torch.nn.Module,
+    num_classes: int,
+    Cs: Sequence[float],
+    class_weights: list[float] | None,
+    rows: int,
+    epochs: int = SGD_EPOCHS,
+    seed: int = 0,
+) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """(C, W, b) for each of ``Cs`` in increasing order: averaged SGD on the log loss over
+    ``epochs`` passes of ``batches()`` (each call a fresh pass of label + input arrays), rows
+    weighted by their class's weight, ``alpha = 1 / (C rows)``. A class no batch held gets zero
+    weights and a bias it never wins with."""
+    from sklearn.linear_model import SGDClassifier
+
+    classes = np.arange(num_classes)
+    cw = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+    Cs = sorted(float(c) for c in Cs)
+    models = [
+        SGDClassifier(
+            loss="log_loss",
+            alpha=1.0 / (C * max(rows, 1)),
+            learning_rate="constant",
+            eta0=SGD_ETA,
+            average=True,
+            random_state=seed,
+        )
+        for C in Cs
+    ]
+    seen = np.zeros(num_classes, dtype=bool)
+    width = None
+    for _ in range(epochs):
+        for batch in batches():
+            y = np.asarray(batch["label"], dtype=np.int64)
+            if not len(y):
+                continue
+            x = design_matrix(core, batch)
+            width = x.shape[1]
+            seen[y] = True
+            sw = None if cw is None else cw[y]
+            for m in models:
+                m.partial_fit(x, y, classes=classes, sample_weight=sw)
+    if width is None:
+        raise ValueError("the SGD path read no train rows: the train split is empty")
+    for C, m in zip(Cs, models):
+        w, b = _weights(m, None, num_classes, width)
+        w[~seen], b[~seen] = 0.0, ABSENT_BIAS
+        yield C, w, b
 
 
 def _weights(clf, used, num_classes: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,7 @@
 """Where the per-worker training loop runs: a Ray Train worker, or one process of its own.
 
     run_loop(config, TrainSession())                      # inside a TorchTrainer worker
+    run_loop(config, TrainSession(torch=False))           # inside a LightGBMTrainer worker
     session = LocalSession(out, metric, datasets)          # one process (a Tune trial's)
     run_loop(config, session); folder, metrics = session.best()
 
@@ -39,18 +40,29 @@ class TrainingFailed(RuntimeError):
 
 class TrainSession:
     """The loop inside a Ray Train V2 worker. ``storage``: the run's checkpoint folder (Ray
-    Train's experiment folder)."""
+    Train's experiment folder). ``torch``: a ``TorchTrainer``'s worker (its device, DDP);
+    else a ``LightGBMTrainer``'s (the CPU, the model as it is: LightGBM's own network syncs the
+    workers' histograms)."""
 
-    def __init__(self, storage: str | None = None) -> None:
+    def __init__(self, storage: str | None = None, torch: bool = True) -> None:
         import ray.train
-        import ray.train.torch
 
         self.storage = storage
+        self.torch = torch
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        if torch:
+            import ray.train.torch
+
+            self.device = ray.train.torch.get_device()
+        else:
+            import torch as th
+
+            self.device = th.device("cpu")
 
     def prepare_model(self, model):
+        if not self.torch:
+            return model
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)

@@ -553,6 +553,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
     run_loop(config, TrainSession(config.get("checkpoints")))
 
 
+def _booster_worker_loop(config: dict[str, Any]) -> None:
+    """``LightGBMTrainer``'s per-worker function: one data-parallel LightGBM fit."""
+    from engine.session import TrainSession
+
+    run_loop(config, TrainSession(config.get("checkpoints"), torch=False))
+
+
 def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
     """The training loop in ``session`` (``engine.session``): build, restore, then epochs of
     train → validate → checkpoint (rank 0) → report. Returns the history."""
@@ -595,23 +602,41 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
 def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, Any]]:
     """The ``linear`` kind: exact logistic-regression solves (``engine.linear``) on the
     materialized train rows — ``model.C``, or each of ``LINEAR_C_GRID`` warm-started with the
-    best on val kept — then validation, checkpoint and report as an epoch would."""
+    best on val kept —, or past memory (``linear_solver`` sgd) averaged SGD over the streamed
+    rows for each C at once; then validation, checkpoint and report as an epoch would."""
     import ray
 
-    from engine.linear import design_matrix, fit_path, set_linear, weighted_log_loss
+    from engine.linear import (
+        SGD_BATCH,
+        SGD_EPOCHS,
+        design_matrix,
+        fit_path,
+        set_linear,
+        sgd_path,
+        weighted_log_loss,
+    )
 
-    arrays = ray.get(config["train_ref"])
     val_arrays = _writable(ray.get(config["val_ref"]))
     _add_optimizer(loop, 1)  # untouched: the checkpoint keeps the loop's format
     t0 = time.perf_counter()
-    x = design_matrix(loop.core, arrays)
     weights, C = config["loss_weights"], config["exact_C"]
+    Cs = [C] if C else LINEAR_C_GRID
+    sgd = config.get("linear_solver") == "sgd"
+    rows = int(loop.counts.sum())
+    if sgd:  # the train rows streamed from their Ray Data source, a batch at a time
+        ds = session.dataset_shard("train")
+        fits = sgd_path(
+            lambda: ds.iter_batches(batch_format="numpy", batch_size=SGD_BATCH),
+            loop.core, len(loop.counts), Cs, weights, rows, seed=loop.train.seed,
+        )  # fmt: skip
+    else:
+        arrays = ray.get(config["train_ref"])
+        x = design_matrix(loop.core, arrays)
+        fits = fit_path(x, arrays["label"], len(loop.counts), Cs, weights)
     best = None
-    for c, w, b in fit_path(
-        x, arrays["label"], len(loop.counts), [C] if C else LINEAR_C_GRID, weights
-    ):
+    for c, w, b in fits:
         set_linear(loop.core, w, b)
-        row = {"epoch": 0, "C": c}
+        row = {"epoch": 0, "C": c, "solver": "sgd" if sgd else "lbfgs"}
         _validate(loop, val_arrays, row)
         if best is None or _better(row, best[0], loop.train.metric):
             best = (row, w, b)
@@ -619,22 +644,34 @@ def _run_exact(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, A
     set_linear(loop.core, w, b)
     seconds = time.perf_counter() - t0
     row.update(
-        train_loss=weighted_log_loss(loop.core, x, arrays["label"], weights),
-        steps=1,
-        samples_per_s=len(arrays["label"]) / max(seconds, 1e-9),
+        train_loss=(
+            float("nan") if sgd else weighted_log_loss(loop.core, x, arrays["label"], weights)
+        ),
+        steps=SGD_EPOCHS if sgd else 1,
+        samples_per_s=rows * (SGD_EPOCHS if sgd else 1) / max(seconds, 1e-9),
         lr=0.0,
     )
-    return _report_exact(loop, session, row, f"linear fit (C {row['C']:g}) in {seconds:.1f} s")
+    what = f"linear fit ({row['solver']}, C {row['C']:g}) in {seconds:.1f} s"
+    return _report_exact(loop, session, row, what)
 
 
 def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, Any]]:
-    """The ``gbdt`` kind: one LightGBM fit (``engine.gbdt``) on the materialized train rows,
-    rounds stopped early on val, then validation, checkpoint and report as an epoch would."""
+    """The ``gbdt`` kind: one LightGBM fit (``engine.gbdt``), rounds stopped early on val, then
+    validation, checkpoint and report as an epoch would. In one process the fit reads the
+    materialized train rows; under a ``LightGBMTrainer`` each worker reads its own Ray Data
+    shard of them and LightGBM's data-parallel learner sums the workers' histograms over its
+    network, so every worker grows the same trees. Every worker holds all of val (early
+    stopping then stops them all at the same round); rank 0 validates and checkpoints."""
     import ray
 
     from engine.gbdt import fit_booster
 
-    arrays = ray.get(config["train_ref"])
+    params = dict(config.get("gbdt_params") or {})
+    if loop.world > 1:
+        arrays = materialize(session.dataset_shard("train"))
+        params.update(distributed_params(loop.world))
+    else:
+        arrays = ray.get(config["train_ref"])
     val_arrays = _writable(ray.get(config["val_ref"]))
     t0 = time.perf_counter()
     booster = fit_booster(
@@ -646,35 +683,61 @@ def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, An
         val_arrays["label"],
         seed=loop.train.seed,
         rounds=config["gbdt_rounds"],
-        params=config.get("gbdt_params"),
+        params=params,
     )
     loop.core.set_booster(booster.model_to_string())
     seconds = time.perf_counter() - t0
-    row: dict[str, Any] = {"epoch": 0, "rounds": int(booster.current_iteration())}
-    _validate(loop, val_arrays, row)
+    row: dict[str, Any] = {
+        "epoch": 0,
+        "rounds": int(booster.current_iteration()),
+        "workers": loop.world,
+        "shard_rows": len(arrays["label"]),  # this worker's (rank 0's) train rows
+    }
+    if loop.rank == 0:
+        _validate(loop, val_arrays, row)
     row.update(
         train_loss=float("nan"),
         steps=row["rounds"],
-        samples_per_s=len(arrays["label"]) / max(seconds, 1e-9),
+        samples_per_s=len(arrays["label"]) * loop.world / max(seconds, 1e-9),
         lr=0.0,
     )
+    where = f" on {loop.world} workers" if loop.world > 1 else ""
     return _report_exact(
-        loop, session, row, f"gbdt fit ({row['rounds']} rounds) in {seconds:.1f} s"
+        loop, session, row, f"gbdt fit ({row['rounds']} rounds){where} in {seconds:.1f} s"
     )
+
+
+def distributed_params(world: int) -> dict[str, Any]:
+    """LightGBM's parameters for a ``LightGBMTrainer`` worker: the network Ray Train set up
+    (machines, ports), the data-parallel learner, and the rows each worker holds being its own
+    part of the data (``pre_partition``)."""
+    import ray.train.lightgbm
+
+    network = ray.train.lightgbm.get_network_params()
+    if int(network.get("num_machines", 0)) != world:
+        raise RuntimeError(
+            f"LightGBM's network has {network.get('num_machines')} machines for {world} "
+            "workers: a gbdt fit on several workers must run under a LightGBMTrainer"
+        )
+    return {**network, "tree_learner": "data", "pre_partition": True}
 
 
 def _report_exact(loop: _Loop, session, row: dict[str, Any], what: str) -> list[dict[str, Any]]:
-    """Checkpoint and report the one row of an exact fit; returns the history."""
+    """Checkpoint (rank 0) and report (every worker) the one row of an exact fit; returns the
+    history."""
     history = [row]
-    tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
-    session.epoch_done(
-        1,
-        1,
-        f"{what}  val macro-F1 {row['val_macro_f1']:.4f}  "
-        f"balanced acc {row['val_balanced_accuracy']:.4f}",
-    )
+    tmp = None
+    if loop.rank == 0:
+        tmp = _checkpoint_dir(loop, history, getattr(session, "scratch", None))
+        session.epoch_done(
+            1,
+            1,
+            f"{what}  val macro-F1 {row['val_macro_f1']:.4f}  "
+            f"balanced acc {row['val_balanced_accuracy']:.4f}",
+        )
     session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     return history
 
 
@@ -968,17 +1031,34 @@ def train_model(
         step_hook=step_hook,
         val_data=val_data,
     )
-    if spec.model.kind in EXACT_KINDS:
-        return fit_in_process(one_process(spec), tune=False, **kw)
+    spec = trained_spec(spec)
     if spec.train.num_workers == 1 and not spec.train.use_gpu:
         return fit_in_process(spec, tune=False, **kw)
     return fit(spec, **kw)
 
 
 def one_process(spec: JobSpec) -> JobSpec:
-    """``spec`` trained in one process: a ``linear`` or ``gbdt`` fit is one solve, not
-    data-parallel."""
+    """``spec`` trained in one process on the CPU."""
     return replace(spec, train=replace(spec.train, num_workers=1, use_gpu=False))
+
+
+def trained_spec(spec: JobSpec) -> JobSpec:
+    """``spec`` as it trains: a ``linear`` fit is one solve in one process; a ``gbdt`` fit runs
+    on CPU workers — one, in process, or ``train.num_workers`` of a ``LightGBMTrainer``,
+    data-parallel over the train rows' Ray Data shards."""
+    if spec.model.kind == "linear":
+        return one_process(spec)
+    if spec.model.kind == "gbdt":
+        return replace(spec, train=replace(spec.train, use_gpu=False))
+    return spec
+
+
+def sharded(spec: JobSpec) -> bool:
+    """Whether each worker reads its own Ray Data shard of the train rows rather than all of
+    them from the object store: streaming batches, or a data-parallel gbdt fit."""
+    if spec.model.kind == "gbdt":
+        return spec.train.num_workers > 1
+    return spec.sampler.mode == "stream" and spec.model.kind not in EXACT_KINDS
 
 
 def loop_inputs(
@@ -999,16 +1079,22 @@ def loop_inputs(
     vectorizer = None
     if model_spec.kind == "lexical":  # idf from the rows it trains on (resampled, if so)
         vectorizer = fit_vectorizer(source, cols.text, LexicalParams.from_spec(model_spec))
-    # Materialized rows in source order: the same seed draws the same batches in every run.
-    # A stream stays unordered, for throughput (an exact linear fit always materializes).
-    exact = spec.model.kind in EXACT_KINDS
-    stream = spec.sampler.mode == "stream" and not exact
-    train_ds = preprocess(
-        read_dataset(source, ordered=not stream), cols, model_spec, label_map, vectorizer
-    )
     val_source = val_data or resolve_source(run.model_split("val"))
     val_arrays = materialize(
         preprocess(read_dataset(val_source, ordered=True), cols, model_spec, label_map, vectorizer)
+    )
+    # Materialized rows in source order: the same seed draws the same batches in every run.
+    # A stream stays unordered, for throughput (an exact fit reads in order: a linear fit by
+    # SGD streams its passes, a data-parallel gbdt fit its workers' shards).
+    exact = spec.model.kind in EXACT_KINDS
+    solver = None
+    if spec.model.kind == "linear":
+        from engine.linear import choose_solver
+
+        solver = choose_solver(spec.model.solver, int(np.sum(counts)), val_arrays)
+    stream = sharded(spec) or solver == "sgd"
+    train_ds = preprocess(
+        read_dataset(source, ordered=not stream or exact), cols, model_spec, label_map, vectorizer
     )
     config: dict[str, Any] = {
         "train": asdict(replace(spec.train, lr=learning_rate(spec))),
@@ -1025,6 +1111,7 @@ def loop_inputs(
         "vectorizer_ref": ray.put(vectorizer) if vectorizer is not None else None,
         "exact": exact,
         "exact_C": spec.model.C,
+        "linear_solver": solver,
         "gbdt_rounds": spec.model.rounds,
         "gbdt_params": {
             "num_leaves": spec.model.num_leaves,
@@ -1059,20 +1146,27 @@ def resolved_model(spec: JobSpec) -> ModelSpec:
 def _trainer(
     spec: JobSpec, out: str, config: dict[str, Any], datasets, callbacks, storage_filesystem=None
 ):
+    """A ``TorchTrainer`` of ``_worker_loop`` workers, or for ``gbdt`` a ``LightGBMTrainer``
+    of ``_booster_worker_loop`` ones (LightGBM's network set up by Ray Train)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    if spec.model.kind == "gbdt":
+        from ray.train.lightgbm import LightGBMTrainer as Trainer
+
+        loop = _booster_worker_loop
+    else:
+        from ray.train.torch import TorchTrainer as Trainer
+
+        loop = _worker_loop
     metric = spec.train.checkpoint_metric
     check_gpu_workers(live_nodes(), spec.train)
-    return TorchTrainer(
-        _worker_loop,
+    return Trainer(
+        loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=spec.train.num_workers,
             use_gpu=spec.train.use_gpu,
-            resources_per_worker={
-                "CPU": _cpus_per_worker(spec.train, spec.sampler.mode == "stream")
-            },
+            resources_per_worker={"CPU": _cpus_per_worker(spec.train, sharded(spec))},
         ),
         run_config=RunConfig(
             name=FIT_EXPERIMENT,

@@ -239,6 +239,7 @@ ACTIVE: dict[str, Callable[[Mapping[str, Any]], bool]] = {
     "sampler.power": lambda v: v["sampler.kind"] == "balanced",
     "sampler.buffer_rows": lambda v: v["sampler.mode"] == "stream",
     "model.C": lambda v: v["model.kind"] == "linear",
+    "model.solver": lambda v: v["model.kind"] == "linear",
 }
 # a linear or gbdt fit is one solve: the loss (but its class weights), the sampler and the
 # schedule do not change it
@@ -497,9 +498,10 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     """A Tune trial: the job's spec with this trial's knobs, trained into
     ``RUN_DIR/tune/trials/<trial_id>/``. One worker trains in the trial's own process
     (``fit_in_process``, no worker group to start); more workers train under a ``TorchTrainer``
-    (``fit``) whose reports reach Tune through ``TuneReportCallback``. ``job`` is
-    ``asdict(spec)`` (``train.cpus_per_worker`` derived by ``trial_resources``,
-    ``train.metric`` = ``tune.metric``), ``space`` the resolved space as {key: [form, args]}."""
+    (a ``LightGBMTrainer`` for gbdt; ``fit``) whose reports reach Tune through
+    ``TuneReportCallback``. ``job`` is ``asdict(spec)`` (``train.cpus_per_worker`` derived by
+    ``trial_resources``, ``train.metric`` = ``tune.metric``), ``space`` the resolved space as
+    {key: [form, args]}."""
     import ray.data
     from ray import tune
 
@@ -527,7 +529,7 @@ def _trial(spec: JobSpec, knobs: dict[str, Any], run: RunDir, out: str) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from engine.train import fit, fit_in_process, one_process, train_source
+    from engine.train import fit, fit_in_process, train_source, trained_spec
 
     done = os.path.join(out, rundir.METRICS)
     if os.path.exists(done):
@@ -554,9 +556,8 @@ def _trial(spec: JobSpec, knobs: dict[str, Any], run: RunDir, out: str) -> None:
     trial = apply_knobs(spec, knobs, counts, keys)
     # the run's splits were prepared with spec.resample: fit checks that section
     trial = replace(trial, resample=spec.resample)
-    if trial.model.kind in EXACT_KINDS:
-        fit_in_process(one_process(trial), out_dir=out, train_data=train_data)
-    elif trial.train.num_workers == 1:
+    trial = trained_spec(trial)  # linear: one process; gbdt: CPU workers
+    if trial.train.num_workers == 1:
         fit_in_process(trial, out_dir=out, train_data=train_data)
     else:
         fit(trial, out_dir=out, callbacks=[TuneReportCallback()], train_data=train_data)

@@ -278,6 +278,10 @@ def test_pipeline_submitted_to_two_nodes_survives_its_driver_killed_and_resubmit
     attempts = dict(zip(table["trial_id"], table["attempts"]))
     assert {t: attempts[t] for t in finished} == {t: 1 for t in finished}  # not run again
     assert all(_attempts(run, t) == attempts[t] for t in attempts)
+    # the gbdt trial's 2 workers: one data-parallel fit under a LightGBMTrainer
+    gbdt = table.loc[table["model.kind"] == "gbdt", "trial_id"].item()
+    rows = json.loads((run / "tune/trials" / gbdt / "metrics.json").read_text())
+    assert rows[0]["workers"] == 2 and rows[0]["val_macro_f1"] > 0
     metrics = json.loads((run / "report/metrics.json").read_text())
     assert metrics["test"]["ensemble"]["macro_f1"] > 0
     assert (run / "ensemble/manifest.json").exists()

@@ -62,26 +62,44 @@ def test_class_weights_move_the_decisions_toward_the_rare_class():
     assert (heavy(xt).argmax(1) == 1).sum() > (plain(xt).argmax(1) == 1).sum()
 
 
+def _page_blocks(tmp_path: Path, *sets: str):
+    data = tmp_path / "page_blocks0"
+    if not data.exists():
+        assert cli.main(["datasets", "make", "page_blocks0", "--out", str(data)]) == 0
+    return load_spec(
+        None,
+        [
+            f"data.path={data}",
+            "data.label=label",
+            f"data.features=[{', '.join(f'f{i}' for i in range(10))}]",
+            "model.kind=gbdt",
+            "loss.weights=inverse",
+            *sets,
+        ],
+    )
+
+
+def _root_rows(model_txt: str) -> int:
+    """The rows the first tree's root split saw (LightGBM's ``internal_count``)."""
+    tree = model_txt.split("Tree=0\n", 1)[1]
+    line = next(ln for ln in tree.splitlines() if ln.startswith("internal_count="))
+    return int(line.split("=")[1].split()[0])
+
+
 @pytest.mark.slow
 def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local, tmp_path):
-    data = tmp_path / "page_blocks0"
-    assert cli.main(["datasets", "make", "page_blocks0", "--out", str(data)]) == 0
-    sets = [
-        f"data.path={data}",
-        "data.label=label",
-        f"data.features=[{', '.join(f'f{i}' for i in range(10))}]",
+    spec = _page_blocks(
+        tmp_path,
         f"run_dir={tmp_path / 'run'}",
-        "model.kind=gbdt",
         "model.num_leaves=7",  # the search's knobs reach the booster
         "model.feature_fraction=0.8",
-        "loss.weights=inverse",
-        "train.num_workers=2",  # one fit in one process anyway
-    ]
-    spec = load_spec(None, sets)
+        "train.use_gpu=true",  # LightGBM's CPU learner: the gbdt kind trains on the CPU
+    )
     prepare(spec)
     result = train_model(spec)
     row = result.metrics[0]
     assert [r["epoch"] for r in result.metrics] == [0] and row["rounds"] >= 1
+    assert row["workers"] == 1 and row["shard_rows"] == sum(spec_counts(spec))
     assert result.best["val_macro_f1"] > 0.8  # LR with a tuned threshold reaches ~0.8 here
     files = ["config.json", "label_map.json", "manifest.json", MODEL_TXT]
     assert sorted(os.listdir(result.best_dir)) == files
@@ -89,6 +107,40 @@ def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local,
     assert m["macro_f1"] > 0.8
     text = (Path(result.best_dir) / MODEL_TXT).read_text()
     assert "[num_leaves: 7]" in text and "[feature_fraction: 0.8]" in text
+    assert "[tree_learner: serial]" in text
+
+
+def spec_counts(spec) -> list[int]:
+    from engine.rundir import RunDir
+
+    run = RunDir(spec.run_dir)
+    return run.class_counts("train", run.label_map().keys).tolist()
+
+
+@pytest.mark.slow
+def test_gbdt_on_two_workers_is_one_data_parallel_fit_under_a_lightgbm_trainer(ray_local, tmp_path):
+    """``train.num_workers=2``: a LightGBMTrainer whose workers each read half the train rows
+    (their Ray Data shards) and grow the same trees from the summed histograms: the first
+    root split sees every bagged row (0.8 of them), not one worker's half."""
+    spec = _page_blocks(tmp_path, f"run_dir={tmp_path / 'run2'}", "train.num_workers=2")
+    prepare(spec)
+    result = train_model(spec)
+    row = result.metrics[0]
+    total = sum(spec_counts(spec))
+    assert row["workers"] == 2 and abs(row["shard_rows"] - total / 2) <= 0.05 * total
+    text = (Path(result.best_dir) / MODEL_TXT).read_text()
+    assert "[tree_learner: data]" in text and "[num_machines: 2]" in text
+    assert _root_rows(text) > 0.7 * total
+    assert result.best["val_macro_f1"] > 0.8
+    assert evaluate_split(spec, result.best_dir, "test")["macro_f1"] > 0.8
+    assert (Path(spec.run_dir) / "train" / "ray").is_dir()  # Ray Train's run, not in process
+
+
+def test_a_booster_of_several_workers_outside_a_lightgbm_trainer_is_refused():
+    from engine.train import distributed_params
+
+    with pytest.raises(RuntimeError, match="must run under a LightGBMTrainer"):
+        distributed_params(2)
 
 
 def test_leaves_and_feature_fraction_shape_the_trees():

@@ -497,3 +497,23 @@ def test_a_restored_run_trains_the_same_weights_as_an_uninterrupted_one(
         assert runs[name].best["epoch"] == runs["straight"].best["epoch"]
         for key, value in weights["straight"].items():
             assert torch.allclose(value, weights[name][key], atol=1e-6), (name, key)
+
+
+@pytest.mark.parametrize(
+    "kind, sets, workers, gpu, shards",
+    [
+        ("linear", ["train.num_workers=2", "train.use_gpu=true"], 1, False, False),
+        ("gbdt", ["train.num_workers=2", "train.use_gpu=true"], 2, False, True),
+        ("gbdt", [], 1, False, False),
+        ("mlp", ["train.num_workers=2", "train.use_gpu=true"], 2, True, False),
+        ("mlp", ["train.num_workers=2", "sampler.mode=stream"], 2, False, True),
+        ("linear", ["sampler.mode=stream"], 1, False, False),
+    ],
+)
+def test_each_kind_trains_where_it_can(kind, sets, workers, gpu, shards):
+    """linear: one solve in one process; gbdt: CPU workers, several of them reading their own
+    shards (a LightGBMTrainer); the torch kinds as asked."""
+    from engine.train import sharded, trained_spec
+
+    spec = trained_spec(load_spec(None, [f"model.kind={kind}", "data.features=[f0]", *sets]))
+    assert (spec.train.num_workers, spec.train.use_gpu, sharded(spec)) == (workers, gpu, shards)
