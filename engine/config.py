@@ -444,7 +444,11 @@ class TuneSpec:
     of a failed trial. ``max_concurrent_trials`` null: derived from the cluster's resources.
     ``seed`` seeds the sampling of the knobs. ``grace_period``: epochs every trial runs before
     ASHA may stop it. ``time_budget_s``: no trial starts once this many seconds have passed
-    since the search first started (running trials finish; null: no budget).
+    since the search first started (running trials finish; null: no budget). ``kind_share``:
+    ``trials`` — every model kind of a ``model.kind`` grid gets ``num_samples`` trials —, or
+    ``time`` — each new trial takes the kind that has used the least wall time so far, so that
+    kinds whose trials take seconds get many of them (``engine.share``); ``num_samples`` times
+    the kinds then caps the trials in all, and ``time_budget_s`` is the main control.
     """
 
     num_samples: int = 8
@@ -456,9 +460,16 @@ class TuneSpec:
     seed: int = 0
     grace_period: int = 1
     time_budget_s: float | None = None
+    kind_share: Literal["trials", "time"] = "trials"
 
     def __post_init__(self) -> None:
         _require(self.num_samples >= 1, "num_samples", f"must be >= 1, got {self.num_samples}")
+        _require(
+            self.kind_share == "trials" or self.scheduler != "tpe",
+            "kind_share",
+            "time draws the knobs at random: use scheduler asha or fifo, or kind_share trials "
+            "with tpe",
+        )
         if self.time_budget_s is not None:
             _require(
                 self.time_budget_s > 0,
@@ -745,6 +756,7 @@ LATER_SETTINGS = {
     ("train", "keep"): "best",
     ("ensemble", "cross_fit"): 0,
     ("ensemble", "combiner"): "mean",
+    ("tune", "kind_share"): "trials",
 }
 
 

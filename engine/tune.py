@@ -55,6 +55,11 @@ best epoch by that metric.
 A trial that fails is retried ``tune.max_failures`` times; after that it is recorded as an error
 and the others go on.
 
+``tune.kind_share: time`` replaces the grid over ``model.kind`` by ``engine.share.KindShare``:
+each new trial takes the kind that has used the least wall time so far (the other knobs drawn
+at random), so kinds whose trials take seconds get many trials; ``num_samples`` times the kinds
+caps the trials, ``tune.time_budget_s`` is the main control.
+
 Concurrency (``trial_resources``): a trial holds 0.01 CPU and starts a ``TorchTrainer`` of
 ``train.num_workers`` workers; one CPU is kept free for the trials' own Ray Data and resampling
 tasks, and the rest is shared so that every running trial's trainer fits at once (Train gives up
@@ -816,20 +821,29 @@ def new_tuner(
             grace_period=min(t.grace_period, epochs),
         )
     )
+    param_space = to_param_space(space)
     if t.scheduler == "tpe":
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = SearchGenerator(ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent))
+    elif t.kind_share == "time":
+        from engine.share import KindShare
+
+        share = KindShare(space, seed=t.seed, encoded=lambda key: _encoded(space[key]))
+        searcher = SearchGenerator(ConcurrencyLimiter(share, max_concurrent))
+        param_space = {}  # the searcher draws every knob
     else:
         # a SearchGenerator ignores TuneConfig.max_concurrent_trials: limit it here
         searcher = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent)
+    planned = t.num_samples * grid_size(space)
     return tune.Tuner(
         trainable,
-        param_space=to_param_space(space),
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=t.metric,
             mode=_mode(t.metric),
-            num_samples=t.num_samples,
+            # a search generator's num_samples counts trials; the grid's repeats the grid
+            num_samples=planned if isinstance(searcher, SearchGenerator) else t.num_samples,
             scheduler=scheduler,
             search_alg=BudgetedSearch(
                 searcher, t.time_budget_s, time.time() if started_at is None else started_at
@@ -848,7 +862,7 @@ def new_tuner(
             # only knows what was copied
             sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
             verbose=1 if verbose() else 0,  # Tune's tables only with --verbose
-            callbacks=[trial_progress(t.num_samples * grid_size(space), t.metric)],
+            callbacks=[trial_progress(planned, t.metric)],
         ),
     )
 
@@ -1014,21 +1028,29 @@ def _search(
     sync_enclosing(tune_dir)  # the trials' folders down
     table = results_table(grid, spec, space, join(tune_dir, TRIALS))
     path = _write_results(table, tune_dir)
-    summary = _write_summary(t, t.num_samples * grid_size(space), len(table), tune_dir)
+    kinds = list(table["model.kind"]) if "model.kind" in table else []
+    summary = _write_summary(t, t.num_samples * grid_size(space), len(table), tune_dir, kinds)
     ok = table[table["status"] != "error"] if len(table) else table
     best = ok.iloc[0].to_dict() if len(ok) and pd.notna(ok.iloc[0][t.metric]) else None
     return TuneResult(path, table, best, summary)
 
 
-def _write_summary(t: TuneSpec, planned: int, ran: int, tune_dir: str) -> dict[str, Any]:
-    """``tune/summary.json``: trials planned and run, and whether the time budget stopped the
-    search from starting the rest."""
+def _write_summary(
+    t: TuneSpec, planned: int, ran: int, tune_dir: str, kinds: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """``tune/summary.json``: trials planned and run (per model kind, from the results' kind
+    of each trial), and whether the time budget stopped the search from starting the rest."""
     from engine.io import join, write_json_atomic
 
     spent = t.time_budget_s is not None and ran < planned
+    per_kind: dict[str, int] = {}
+    for k in kinds:
+        per_kind[str(k).strip('"')] = per_kind.get(str(k).strip('"'), 0) + 1
     summary = {
         "trials_planned": planned,
         "trials_run": ran,
+        "trials_per_kind": per_kind,
+        "kind_share": t.kind_share,
         "time_budget_s": t.time_budget_s,
         "budget_spent": spent,
         "note": (
