@@ -1118,6 +1118,12 @@ def loop_inputs(
             "feature_fraction": spec.model.feature_fraction,
         },
     }
+    if stream and spec.model.kind == "gbdt":
+        # the shards' reads run here, before the workers hold their CPUs: inside the trainer a
+        # read task asking a whole CPU found none on a cluster of two 1-CPU nodes whose CPUs
+        # each worker half held, and the fit waited forever; splitting materialized blocks
+        # among the workers needs no CPU
+        train_ds = train_ds.materialize()
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:
         config["train_ref"] = ray.put(train_arrays)
