@@ -37,7 +37,6 @@ SGD_ABOVE_BYTES = 2 << 30  # solver auto: SGD once the train rows' design would 
 SGD_EPOCHS = 10  # passes over the streamed train rows
 SGD_ETA = 0.01  # the constant step of averaged SGD (the average is what converges)
 SGD_BATCH = 4096  # rows per streamed batch
-SOLVERS = ("auto", "lbfgs", "sgd")
 
 
 def design_bytes(rows: int, val_arrays: dict[str, np.ndarray]) -> int:
@@ -49,9 +48,8 @@ def design_bytes(rows: int, val_arrays: dict[str, np.ndarray]) -> int:
 
 
 def choose_solver(solver: str, rows: int, val_arrays: dict[str, np.ndarray]) -> str:
-    """``lbfgs`` or ``sgd``: ``solver`` itself, or for ``auto`` SGD past ``SGD_ABOVE_BYTES``."""
-    if solver not in SOLVERS:
-        raise ValueError(f"model.solver={solver!r}: use one of {list(SOLVERS)}")
+    """``lbfgs`` or ``sgd`` (``model.solver``, checked by the spec): ``solver`` itself, or for
+    ``auto`` SGD past ``SGD_ABOVE_BYTES``."""
     if solver != "auto":
         return solver
     return "sgd" if design_bytes(rows, val_arrays) > SGD_ABOVE_BYTES else "lbfgs"

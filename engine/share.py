@@ -63,8 +63,10 @@ class KindShare(Searcher):
         super().__init__(metric=metric, mode=mode)
         d = space.get(KIND)
         if d is None or d.form not in ("choice", "grid"):
-            raise ValueError("tune.kind_share=time shares time between the kinds of a "
-                             f"{KIND} choice or grid in the search space")  # fmt: skip
+            raise ValueError(
+                f"tune.kind_share=time shares time between the kinds of a {KIND} choice or "
+                "grid in the search space"
+            )
         grids = [k for k, v in space.items() if v.form == "grid" and k != KIND]
         if grids:
             raise ValueError(

@@ -1083,19 +1083,11 @@ def loop_inputs(
     val_arrays = materialize(
         preprocess(read_dataset(val_source, ordered=True), cols, model_spec, label_map, vectorizer)
     )
-    # Materialized rows in source order: the same seed draws the same batches in every run.
-    # A stream stays unordered, for throughput (an exact fit reads in order: a linear fit by
-    # SGD streams its passes, a data-parallel gbdt fit its workers' shards).
     exact = spec.model.kind in EXACT_KINDS
-    solver = None
-    if spec.model.kind == "linear":
-        from engine.linear import choose_solver
-
-        solver = choose_solver(spec.model.solver, int(np.sum(counts)), val_arrays)
-    stream = sharded(spec) or solver == "sgd"
-    train_ds = preprocess(
-        read_dataset(source, ordered=not stream or exact), cols, model_spec, label_map, vectorizer
-    )
+    train_ds, stream, solver = _train_rows(
+        spec, source, lambda ds: preprocess(ds, cols, model_spec, label_map, vectorizer),
+        int(np.sum(counts)), val_arrays,
+    )  # fmt: skip
     config: dict[str, Any] = {
         "train": asdict(replace(spec.train, lr=learning_rate(spec))),
         "model": asdict(model_spec),
@@ -1118,12 +1110,6 @@ def loop_inputs(
             "feature_fraction": spec.model.feature_fraction,
         },
     }
-    if stream and spec.model.kind == "gbdt":
-        # the shards' reads run here, before the workers hold their CPUs: inside the trainer a
-        # read task asking a whole CPU found none on a cluster of two 1-CPU nodes whose CPUs
-        # each worker half held, and the fit waited forever; splitting materialized blocks
-        # among the workers needs no CPU
-        train_ds = train_ds.materialize()
     train_arrays = None if stream else materialize(train_ds)
     if train_arrays is not None:
         config["train_ref"] = ray.put(train_arrays)
@@ -1134,6 +1120,29 @@ def loop_inputs(
         else:
             config["standardization"] = feature_standardization(train_ds)
     return config, ({"train": train_ds} if stream else {})
+
+
+def _train_rows(spec: JobSpec, source, prep, rows: int, val_arrays: dict[str, np.ndarray]):
+    """(train dataset, streamed, linear solver): the train rows as model inputs (``prep``).
+
+    Materialized rows in source order: the same seed draws the same batches in every run. A
+    stream stays unordered, for throughput; an exact fit reads in order — a linear fit by SGD
+    streams its passes, a data-parallel gbdt fit splits its rows among the workers."""
+    solver = None
+    if spec.model.kind == "linear":
+        from engine.linear import choose_solver
+
+        solver = choose_solver(spec.model.solver, rows, val_arrays)
+    stream = sharded(spec) or solver == "sgd"
+    exact = spec.model.kind in EXACT_KINDS
+    train_ds = prep(read_dataset(source, ordered=not stream or exact))
+    if stream and spec.model.kind == "gbdt":
+        # the shards' reads run here, before the workers hold their CPUs: inside the trainer a
+        # read task asking a whole CPU found none on a cluster of two 1-CPU nodes whose CPUs
+        # each worker half held, and the fit waited forever; splitting materialized blocks
+        # among the workers needs no CPU
+        train_ds = train_ds.materialize()
+    return train_ds, stream, solver
 
 
 def resolved_model(spec: JobSpec) -> ModelSpec:

@@ -93,6 +93,7 @@ import math
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -805,8 +806,7 @@ def new_tuner(
     starts once ``t.time_budget_s`` has passed since ``started_at`` (default: now)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search import SearchGenerator
 
     from engine.budget import BudgetedSearch
 
@@ -821,20 +821,7 @@ def new_tuner(
             grace_period=min(t.grace_period, epochs),
         )
     )
-    param_space = to_param_space(space)
-    if t.scheduler == "tpe":
-        from ray.tune.search.optuna import OptunaSearch
-
-        searcher = SearchGenerator(ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent))
-    elif t.kind_share == "time":
-        from engine.share import KindShare
-
-        share = KindShare(space, seed=t.seed, encoded=lambda key: _encoded(space[key]))
-        searcher = SearchGenerator(ConcurrencyLimiter(share, max_concurrent))
-        param_space = {}  # the searcher draws every knob
-    else:
-        # a SearchGenerator ignores TuneConfig.max_concurrent_trials: limit it here
-        searcher = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent)
+    searcher, param_space = _searcher(t, space, max_concurrent)
     planned = t.num_samples * grid_size(space)
     return tune.Tuner(
         trainable,
@@ -865,6 +852,27 @@ def new_tuner(
             callbacks=[trial_progress(planned, t.metric)],
         ),
     )
+
+
+def _searcher(t: TuneSpec, space: Mapping[str, Dist], max_concurrent: int):
+    """(search algorithm, Tune's param_space) for ``t``: Optuna's TPE, the kinds' time share
+    (``engine.share``, which draws every knob itself) or Tune's grid and random draws."""
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if t.scheduler == "tpe":
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent)
+        return SearchGenerator(optuna), to_param_space(space)
+    if t.kind_share == "time":
+        from engine.share import KindShare
+
+        share = KindShare(space, seed=t.seed, encoded=lambda key: _encoded(space[key]))
+        return SearchGenerator(ConcurrencyLimiter(share, max_concurrent)), {}
+    # a SearchGenerator ignores TuneConfig.max_concurrent_trials: limit it here
+    grid = BasicVariantGenerator(random_state=t.seed, max_concurrent=max_concurrent)
+    return grid, to_param_space(space)
 
 
 def _search_inputs(spec: JobSpec) -> tuple[JobSpec, dict[str, int], dict[str, Dist]]:
@@ -1043,9 +1051,7 @@ def _write_summary(
     from engine.io import join, write_json_atomic
 
     spent = t.time_budget_s is not None and ran < planned
-    per_kind: dict[str, int] = {}
-    for k in kinds:
-        per_kind[str(k).strip('"')] = per_kind.get(str(k).strip('"'), 0) + 1
+    per_kind = dict(Counter(str(k).strip('"') for k in kinds))
     summary = {
         "trials_planned": planned,
         "trials_run": ran,
