@@ -499,7 +499,13 @@ ROW_BITS = 40
 SOURCE_SHIFT = 56  # 2**16 fragments per source at most (there are 2 per cluster CPU)
 
 
-def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordered: bool = False):
+def read_dataset(
+    source: Source,
+    columns: Sequence[str] | None = None,
+    *,
+    ordered: bool = False,
+    task_cpus: float | None = None,
+):
     """The files as a Ray Dataset (training and inference stream from it).
 
     ``ordered``: every row carries its place in the source in the int64 column ``ROW``
@@ -507,12 +513,17 @@ def read_dataset(source: Source, columns: Sequence[str] | None = None, *, ordere
     order is a property of the data, not of the scheduler: ``in_source_order`` sorts a
     collected table by it and ``write_in_source_order`` writes files whose names sort in it.
     (Ray Data keeps no read order under load, even with ``preserve_order``.)
+
+    ``task_cpus``: the CPUs each read task asks for (Ray Data's default: 1), for reads that
+    run while other work holds parts of every node's CPUs. Such a read goes through the
+    engine's own fragment reads: Ray Data's file listing runs as a task of one whole CPU
+    whatever its reads are given.
     """
     import ray
 
     cols = list(columns) if columns is not None else None
-    if ordered:
-        return read_ordered([source], cols)
+    if ordered or task_cpus is not None:
+        return _fragment_reads([source], cols, task_cpus, places=ordered)
     files = list(source.files)
     fs = source.filesystem
     if source.format == "parquet":
@@ -535,21 +546,34 @@ def ordered_fragments(source: Source) -> list[Fragment]:
     return frags
 
 
-def read_ordered(sources: Sequence[Source], columns: list[str] | None = None):
+def read_ordered(
+    sources: Sequence[Source], columns: list[str] | None = None, task_cpus: float | None = None
+):
     """One Ray Dataset of the rows of several sources (with the same columns), each row with
     its place in ``ROW``: the source's index in ``sources`` << ``SOURCE_SHIFT`` | its place
     in that source. One pipeline (one actor pool downstream) serves them all, and
-    ``write_sources_in_order`` writes each source's rows back to its own folder."""
+    ``write_sources_in_order`` writes each source's rows back to its own folder.
+    ``task_cpus``: as ``read_dataset``'s."""
+    return _fragment_reads(sources, columns, task_cpus, places=True)
+
+
+def _fragment_reads(
+    sources: Sequence[Source], columns: list[str] | None, task_cpus: float | None, places: bool
+):
+    """The rows of ``sources`` read by one Ray task per fragment (``ordered_fragments``), each
+    with its place in ``ROW`` when ``places``."""
     import ray
 
     plan = [(s, ordered_fragments(s)) for s in sources]
     schemas = [read_schema(s) if s.format != "parquet" else None for s in sources]
     items = [{"source": i, "fragment": j} for i, (_, fr) in enumerate(plan) for j in range(len(fr))]
+    kwargs = {"plan": plan, "columns": columns, "schemas": schemas, "places": places}
     return ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         _read_fragments,
-        fn_kwargs={"plan": plan, "columns": columns, "schemas": schemas},
+        fn_kwargs=kwargs,
         batch_size=1,
         batch_format="pyarrow",
+        **({} if task_cpus is None else {"num_cpus": task_cpus}),
     )
 
 
@@ -558,11 +582,15 @@ def _read_fragments(
     plan: list[tuple[Source, list[Fragment]]],
     columns: list[str] | None,
     schemas: list[pa.Schema | None],
+    places: bool = True,
 ) -> Iterator[pa.Table]:
     for i, j in zip(batch.column("source").to_pylist(), batch.column("fragment").to_pylist()):
         source, frags = plan[i]
         start = i << SOURCE_SHIFT | j << ROW_BITS
         for table in iter_fragment(source, frags[j], columns, schemas[i]):
+            if not places:
+                yield table
+                continue
             rows = np.arange(start, start + table.num_rows, dtype=np.int64)
             start += table.num_rows
             yield table.append_column(ROW, pa.array(rows))

@@ -112,10 +112,18 @@ def _to_inputs(batch, cols: Columns, model: ModelSpec, label_map: LabelMap, vect
     return out
 
 
-def preprocess(ds, cols: Columns, model: ModelSpec, label_map: LabelMap, vectorizer=None):
+def preprocess(
+    ds,
+    cols: Columns,
+    model: ModelSpec,
+    label_map: LabelMap,
+    vectorizer=None,
+    task_cpus: float | None = None,
+):
     """Rows -> model inputs as a Ray Data stage (tokenization runs in Ray tasks, not the loop).
 
     ``vectorizer`` (``engine.lexical.Vectorizer``, lexical only): fitted on the train split.
+    ``task_cpus``: the CPUs each of its tasks asks for (Ray Data's default: 1).
     """
     if model.kind in ("mlp", "gbdt") and not (cols.features or cols.vector):
         raise ValueError(
@@ -137,6 +145,7 @@ def preprocess(ds, cols: Columns, model: ModelSpec, label_map: LabelMap, vectori
         fn_kwargs={"cols": cols, "model": model, "label_map": label_map, "vectorizer": vectorizer},
         batch_format="numpy",
         batch_size=1024,
+        **({} if task_cpus is None else {"num_cpus": task_cpus}),
     )
 
 
@@ -338,6 +347,11 @@ class TensorBatches:
 
 
 DEVICE_BYTES = 2 << 30  # map-mode rows up to this size live on the GPU for the whole run
+# What each Ray Data task of a streamed train split (its reads, its preprocessing) asks for. The
+# CPU kept free for them (``_cpus_per_worker``, ``engine.tune.trial_resources``) can lie in
+# pieces on several nodes — two 1-CPU nodes each half held by a worker and one of them a
+# trial's sliver too: a task asking a whole CPU then never starts and the run waits forever.
+STREAM_TASK_CPUS = 0.25
 _LONG_COLUMNS = ("input_ids", "attention_mask", "label", "lex_idx")
 
 
@@ -499,6 +513,7 @@ def _train_epoch(loop: _Loop, epoch: int, batches, step_hook=None) -> dict[str, 
         "samples_per_step": float(totals[1]) / max(n_steps, 1),  # over all workers
         "samples_per_s": float(totals[1]) / max(elapsed, 1e-9),
         "lr": loop.scheduler.get_last_lr()[0],
+        "workers": loop.world,
     }
 
 
@@ -1085,7 +1100,8 @@ def loop_inputs(
     )
     exact = spec.model.kind in EXACT_KINDS
     train_ds, stream, solver = _train_rows(
-        spec, source, lambda ds: preprocess(ds, cols, model_spec, label_map, vectorizer),
+        spec, source,
+        lambda ds, cpus: preprocess(ds, cols, model_spec, label_map, vectorizer, cpus),
         int(np.sum(counts)), val_arrays,
     )  # fmt: skip
     config: dict[str, Any] = {
@@ -1123,7 +1139,8 @@ def loop_inputs(
 
 
 def _train_rows(spec: JobSpec, source, prep, rows: int, val_arrays: dict[str, np.ndarray]):
-    """(train dataset, streamed, linear solver): the train rows as model inputs (``prep``).
+    """(train dataset, streamed, linear solver): the train rows as model inputs (``prep(ds,
+    task_cpus)``).
 
     Materialized rows in source order: the same seed draws the same batches in every run. A
     stream stays unordered, for throughput; an exact fit reads in order — a linear fit by SGD
@@ -1135,7 +1152,8 @@ def _train_rows(spec: JobSpec, source, prep, rows: int, val_arrays: dict[str, np
         solver = choose_solver(spec.model.solver, rows, val_arrays)
     stream = sharded(spec) or solver == "sgd"
     exact = spec.model.kind in EXACT_KINDS
-    train_ds = prep(read_dataset(source, ordered=not stream or exact))
+    cpus = STREAM_TASK_CPUS if stream else None
+    train_ds = prep(read_dataset(source, ordered=not stream or exact, task_cpus=cpus), cpus)
     if stream and spec.model.kind == "gbdt":
         # the shards' reads run here, before the workers hold their CPUs: inside the trainer a
         # read task asking a whole CPU found none on a cluster of two 1-CPU nodes whose CPUs

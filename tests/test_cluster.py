@@ -310,6 +310,31 @@ def test_pipeline_submitted_to_two_nodes_survives_its_driver_killed_and_resubmit
     )
 
 
+@pytest.mark.integration
+def test_a_search_of_two_worker_trials_streaming_their_shards_spans_both_nodes(cluster, trec50):
+    # a trial's two workers (0.49 CPU each) and its trial actor (0.01) leave no node a whole
+    # CPU (seen: both workers on one node, the actor on the other), so the streamed shards' Ray
+    # Data tasks must ask for less than one: asking a whole CPU, the first trial waited forever
+    run = cluster["tmp"] / "stream-run"
+    sid = "raybalance-stream-search"
+    space = '{"model.kind": {grid: [mlp]}, "loss.name": {choice: [focal, weighted_ce]}}'
+    args = ["-m", "jobs.tune", "--config", "jobs/configs/demo.yaml"]
+    for s in [f"data.path={trec50}", f"run_dir={run}", *SMALL, "train.num_workers=2"]:
+        args += ["--set", s]
+    args += ["--set", "sampler.mode=stream", "--set", "sampler.kind=balanced"]
+    args += ["--set", "tune.num_samples=2", "--set", f"tune.search_space={space}"]
+    _submit_job(cluster, sid, args)
+    _wait_done(cluster, sid, seconds=420)
+    table = pd.read_parquet(run / "tune/results.parquet")
+    assert len(table) == 2 and set(table["status"]) == {"completed"}
+    for trial in table["trial_id"]:  # both epochs, each a batch of 128 from two workers
+        saved = sorted((run / "tune/trials" / trial / "ray/fit").glob("checkpoint_*/history.json"))
+        rows = json.loads(saved[-1].read_text())
+        assert [r["epoch"] for r in rows] == [0, 1]
+        assert all(r["workers"] == 2 and r["samples_per_step"] == 128 for r in rows)
+    _delete_job(cluster, sid)
+
+
 def _bucket_files(uri: str) -> list[str]:
     import pyarrow.fs as pafs
 

@@ -122,6 +122,36 @@ def test_an_unordered_read_has_no_place_column(ray_local, tmp_path):
     assert ds.schema().names == ["id"]
 
 
+def test_a_read_of_fractional_tasks_runs_where_no_whole_cpu_is_free(ray_local, tmp_path):
+    # an actor holds 1.8 of the 2 CPUs: a task asking a whole CPU (Ray Data's file listing
+    # and reads) would wait forever; task_cpus=0.1 reads every row, without places
+    import ray
+
+    ids = np.arange(500)
+    for name, part in zip("ab", np.array_split(ids, 2)):
+        pq.write_table(pa.table({"id": part, "x": part * 2.0}), tmp_path / f"{name}.parquet")
+    source = resolve_source(str(tmp_path))
+
+    @ray.remote(num_cpus=1.8)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    @ray.remote(num_cpus=0)
+    def read(task_cpus: float) -> pa.Table:
+        ds = read_dataset(source, columns=["id"], task_cpus=task_cpus)
+        return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+
+    holder = Holder.remote()
+    try:
+        assert ray.get(holder.ready.remote(), timeout=60)
+        rows = ray.get(read.remote(0.1), timeout=120)
+    finally:
+        ray.kill(holder)
+    assert rows.column_names == ["id"]
+    assert sorted(rows.column("id").to_pylist()) == ids.tolist()
+
+
 # --------------------------------------------------------------------------------------------
 # columns and types
 
