@@ -17,6 +17,8 @@ import fnmatch
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -443,6 +445,47 @@ def _read_fragment(
                 yield t.slice(off, batch_rows)
 
 
+# What the data tasks started inside ``fractional_tasks`` ask for (outside it: one CPU each).
+# Inside a search the CPU kept free for them (``engine.tune.trial_resources``) can lie in pieces
+# on several nodes — two 1-CPU nodes each holding a trial at half a CPU, or the workers of one
+# trial on one node and its trial actor's sliver on the other: a task asking a whole CPU then
+# never starts, and every trial waits on its reads forever.
+DATA_TASK_CPUS = 0.25
+_TASK_CPUS: ContextVar[float | None] = ContextVar("raybalance_task_cpus", default=None)
+
+
+@contextmanager
+def fractional_tasks(cpus: float = DATA_TASK_CPUS) -> Iterator[None]:
+    """Within it, the reads, preprocessing and fragment tasks this thread starts ask for
+    ``cpus`` each instead of a whole CPU."""
+    token = _TASK_CPUS.set(cpus)
+    try:
+        yield
+    finally:
+        _TASK_CPUS.reset(token)
+
+
+def data_task_cpus(explicit: float | None = None) -> float | None:
+    """The CPUs a data task asks for: ``explicit``, else ``fractional_tasks``'s, else None
+    (Ray's default: one)."""
+    return explicit if explicit is not None else _TASK_CPUS.get()
+
+
+def task_args(explicit: float | None = None) -> dict[str, float]:
+    """``map_batches`` arguments for ``data_task_cpus(explicit)``: {} for Ray's default."""
+    cpus = data_task_cpus(explicit)
+    return {} if cpus is None else {"num_cpus": cpus}
+
+
+def call_with_task_cpus(cpus: float | None, fn: Callable[..., Any], *args: Any, **kwargs: Any):
+    """``fn(*args, **kwargs)`` with its data tasks asking for ``cpus`` each: for a Ray task of
+    its own, since ``fractional_tasks`` holds in one thread of one process."""
+    if cpus is None:
+        return fn(*args, **kwargs)
+    with fractional_tasks(cpus):
+        return fn(*args, **kwargs)
+
+
 def _apply(task: Callable[[Source, list[Fragment]], Any], source: Source, frags: list[Fragment]):
     return task(source, frags)
 
@@ -470,7 +513,8 @@ def run_fragments(
     groups = [frags[i::n_tasks] for i in range(n_tasks)]
     # "DEFAULT": never inside a placement group that captures child tasks (a Tune trial's
     # 0.01-CPU bundle would refuse these 1-CPU tasks); the cluster's CPUs serve them.
-    remote = ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="DEFAULT")(_apply)
+    cpus_each = data_task_cpus() or 1
+    remote = ray.remote(num_cpus=cpus_each, max_retries=3, scheduling_strategy="DEFAULT")(_apply)
     task_ref = ray.put(task)
     refs = [remote.remote(task_ref, source, g) for g in groups]
     index = {r: i for i, r in enumerate(refs)}
@@ -514,13 +558,14 @@ def read_dataset(
     collected table by it and ``write_in_source_order`` writes files whose names sort in it.
     (Ray Data keeps no read order under load, even with ``preserve_order``.)
 
-    ``task_cpus``: the CPUs each read task asks for (Ray Data's default: 1), for reads that
-    run while other work holds parts of every node's CPUs. Such a read goes through the
-    engine's own fragment reads: Ray Data's file listing runs as a task of one whole CPU
-    whatever its reads are given.
+    ``task_cpus``: the CPUs each read task asks for (default: ``fractional_tasks``'s, else
+    Ray Data's one), for reads that run while other work holds parts of every node's CPUs.
+    Such a read goes through the engine's own fragment reads: Ray Data's file listing runs as
+    a task of one whole CPU whatever its reads are given.
     """
     import ray
 
+    task_cpus = data_task_cpus(task_cpus)
     cols = list(columns) if columns is not None else None
     if ordered or task_cpus is not None:
         return _fragment_reads([source], cols, task_cpus, places=ordered)
@@ -554,7 +599,7 @@ def read_ordered(
     in that source. One pipeline (one actor pool downstream) serves them all, and
     ``write_sources_in_order`` writes each source's rows back to its own folder.
     ``task_cpus``: as ``read_dataset``'s."""
-    return _fragment_reads(sources, columns, task_cpus, places=True)
+    return _fragment_reads(sources, columns, data_task_cpus(task_cpus), places=True)
 
 
 def _fragment_reads(
@@ -573,7 +618,7 @@ def _fragment_reads(
         fn_kwargs=kwargs,
         batch_size=1,
         batch_format="pyarrow",
-        **({} if task_cpus is None else {"num_cpus": task_cpus}),
+        **task_args(task_cpus),
     )
 
 

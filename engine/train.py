@@ -50,6 +50,7 @@ from engine.config import (
     model_data,
 )
 from engine.data import (
+    DATA_TASK_CPUS,
     ROW,
     Columns,
     LabelMap,
@@ -57,6 +58,7 @@ from engine.data import (
     read_schema,
     resolve_columns,
     resolve_source,
+    task_args,
 )
 from engine.io import join, write_json_atomic
 from engine.lexical import (
@@ -123,7 +125,8 @@ def preprocess(
     """Rows -> model inputs as a Ray Data stage (tokenization runs in Ray tasks, not the loop).
 
     ``vectorizer`` (``engine.lexical.Vectorizer``, lexical only): fitted on the train split.
-    ``task_cpus``: the CPUs each of its tasks asks for (Ray Data's default: 1).
+    ``task_cpus``: the CPUs each of its tasks asks for (default: ``fractional_tasks``'s, else
+    Ray Data's one).
     """
     if model.kind in ("mlp", "gbdt") and not (cols.features or cols.vector):
         raise ValueError(
@@ -145,7 +148,7 @@ def preprocess(
         fn_kwargs={"cols": cols, "model": model, "label_map": label_map, "vectorizer": vectorizer},
         batch_format="numpy",
         batch_size=1024,
-        **({} if task_cpus is None else {"num_cpus": task_cpus}),
+        **task_args(task_cpus),
     )
 
 
@@ -347,11 +350,6 @@ class TensorBatches:
 
 
 DEVICE_BYTES = 2 << 30  # map-mode rows up to this size live on the GPU for the whole run
-# What each Ray Data task of a streamed train split (its reads, its preprocessing) asks for. The
-# CPU kept free for them (``_cpus_per_worker``, ``engine.tune.trial_resources``) can lie in
-# pieces on several nodes — two 1-CPU nodes each half held by a worker and one of them a
-# trial's sliver too: a task asking a whole CPU then never starts and the run waits forever.
-STREAM_TASK_CPUS = 0.25
 _LONG_COLUMNS = ("input_ids", "attention_mask", "label", "lex_idx")
 
 
@@ -858,9 +856,8 @@ def feature_standardization(train_ds) -> tuple[list[float], list[float]]:
     """(shift, scale) of the MLP's input features over the preprocessed training rows: one
     streaming pass whose per-batch sums (float64) are added up on the driver."""
     n, total, total_sq = 0, 0.0, 0.0
-    for b in train_ds.map_batches(_moments, batch_format="numpy", batch_size=8192).iter_batches(
-        batch_format="numpy", batch_size=None
-    ):
+    moments = train_ds.map_batches(_moments, batch_format="numpy", batch_size=8192, **task_args())
+    for b in moments.iter_batches(batch_format="numpy", batch_size=None):
         n += int(b["n"].sum())
         total = total + b["s"].sum(axis=0)
         total_sq = total_sq + b["ss"].sum(axis=0)
@@ -1152,7 +1149,8 @@ def _train_rows(spec: JobSpec, source, prep, rows: int, val_arrays: dict[str, np
         solver = choose_solver(spec.model.solver, rows, val_arrays)
     stream = sharded(spec) or solver == "sgd"
     exact = spec.model.kind in EXACT_KINDS
-    cpus = STREAM_TASK_CPUS if stream else None
+    # the workers hold their CPUs while a stream is read: its tasks ask for a fraction of one
+    cpus = DATA_TASK_CPUS if stream else None
     train_ds = prep(read_dataset(source, ordered=not stream or exact, task_cpus=cpus), cpus)
     if stream and spec.model.kind == "gbdt":
         # the shards' reads run here, before the workers hold their CPUs: inside the trainer a

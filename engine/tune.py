@@ -462,7 +462,13 @@ def _trial_train_data(spec: JobSpec, resample_spec: ResampleSpec, out: str, keys
     """(Source, counts) of the train split resampled with the trial's own resample section,
     into ``out/resampled`` (reused when a complete one is there: a retried trial)."""
     from engine.config import model_data
-    from engine.data import read_schema, resolve_columns, resolve_source
+    from engine.data import (
+        call_with_task_cpus,
+        data_task_cpus,
+        read_schema,
+        resolve_columns,
+        resolve_source,
+    )
     from engine.resample import resample
 
     run = RunDir(spec.run_dir)
@@ -477,10 +483,13 @@ def _trial_train_data(spec: JobSpec, resample_spec: ResampleSpec, out: str, keys
         schema = read_schema(plain)
         cols = resolve_columns(schema, model_data(spec), where=plain.files[0])
         # Tune's trial placement group (0.01 CPU) captures the trial's child tasks; a task
-        # scheduled outside it lets the resampling tasks use the cluster's CPUs.
-        task = ray.remote(num_cpus=0)(resample).options(scheduling_strategy="DEFAULT")
+        # scheduled outside it lets the resampling tasks use the cluster's CPUs (as much of
+        # one each as the trial's own data tasks).
+        task = ray.remote(num_cpus=0)(call_with_task_cpus).options(scheduling_strategy="DEFAULT")
         ray.get(
             task.remote(
+                data_task_cpus(),
+                resample,
                 plain,
                 cols,
                 run.label_map(),
@@ -511,6 +520,7 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
     import ray.data
     from ray import tune
 
+    from engine.data import fractional_tasks
     from engine.io import join
     from engine.remote import local_folder, push_enclosing
 
@@ -527,7 +537,10 @@ def run_trial(config: dict[str, Any], *, job: dict[str, Any], space: dict[str, A
         os.makedirs(out, exist_ok=True)
         _append_attempt(out, knobs)
         push_enclosing(out)
-        _trial(spec, knobs, run, out)
+        # the trials hold parts of the nodes' CPUs: the data tasks a trial starts (its reads,
+        # resampling, document frequencies) ask for a fraction of one, or none might start
+        with fractional_tasks():
+            _trial(spec, knobs, run, out)
 
 
 def _trial(spec: JobSpec, knobs: dict[str, Any], run: RunDir, out: str) -> None:

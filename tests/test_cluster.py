@@ -310,6 +310,18 @@ def test_pipeline_submitted_to_two_nodes_survives_its_driver_killed_and_resubmit
     )
 
 
+def _mlp_search(cluster: dict, sid: str, data: Path, run: Path, sets: list[str]) -> pd.DataFrame:
+    """``jobs.tune`` of MLP trials (the tests' small settings and ``sets``) submitted as a Ray
+    job; its results table once it succeeded."""
+    space = '{"model.kind": {grid: [mlp]}, "loss.name": {choice: [focal, weighted_ce]}}'
+    args = ["-m", "jobs.tune", "--config", "jobs/configs/demo.yaml"]
+    for s in [f"data.path={data}", f"run_dir={run}", *SMALL, *sets, f"tune.search_space={space}"]:
+        args += ["--set", s]
+    _submit_job(cluster, sid, args)
+    _wait_done(cluster, sid, seconds=420)
+    return pd.read_parquet(run / "tune/results.parquet")
+
+
 @pytest.mark.integration
 def test_a_search_of_two_worker_trials_streaming_their_shards_spans_both_nodes(cluster, trec50):
     # a trial's two workers (0.49 CPU each) and its trial actor (0.01) leave no node a whole
@@ -317,21 +329,36 @@ def test_a_search_of_two_worker_trials_streaming_their_shards_spans_both_nodes(c
     # Data tasks must ask for less than one: asking a whole CPU, the first trial waited forever
     run = cluster["tmp"] / "stream-run"
     sid = "raybalance-stream-search"
-    space = '{"model.kind": {grid: [mlp]}, "loss.name": {choice: [focal, weighted_ce]}}'
-    args = ["-m", "jobs.tune", "--config", "jobs/configs/demo.yaml"]
-    for s in [f"data.path={trec50}", f"run_dir={run}", *SMALL, "train.num_workers=2"]:
-        args += ["--set", s]
-    args += ["--set", "sampler.mode=stream", "--set", "sampler.kind=balanced"]
-    args += ["--set", "tune.num_samples=2", "--set", f"tune.search_space={space}"]
-    _submit_job(cluster, sid, args)
-    _wait_done(cluster, sid, seconds=420)
-    table = pd.read_parquet(run / "tune/results.parquet")
+    sets = ["train.num_workers=2", "sampler.mode=stream", "sampler.kind=balanced"]
+    table = _mlp_search(cluster, sid, trec50, run, [*sets, "tune.num_samples=2"])
     assert len(table) == 2 and set(table["status"]) == {"completed"}
     for trial in table["trial_id"]:  # both epochs, each a batch of 128 from two workers
         saved = sorted((run / "tune/trials" / trial / "ray/fit").glob("checkpoint_*/history.json"))
         rows = json.loads(saved[-1].read_text())
         assert [r["epoch"] for r in rows] == [0, 1]
         assert all(r["workers"] == 2 and r["samples_per_step"] == 128 for r in rows)
+    _delete_job(cluster, sid)
+
+
+@pytest.mark.integration
+def test_a_search_of_one_worker_trials_two_at_once_spans_both_nodes(cluster, trec50):
+    # two light trials at once (0.49 CPU each) sit one per node (seen): no node has a whole CPU
+    # left, so each trial's own data tasks (its reads) must ask for less than one — asking a
+    # whole CPU, both trials waited forever
+    run = cluster["tmp"] / "light-run"
+    sid = "raybalance-light-search"
+    sets = ["tune.max_concurrent_trials=2", "tune.num_samples=4"]
+    table = _mlp_search(cluster, sid, trec50, run, sets)
+    assert len(table) == 4 and set(table["status"]) == {"completed"}
+    job = _job(cluster, sid)["job_id"]
+    code, body = _api(cluster, "/api/v0/actors?limit=10000&detail=true")
+    assert code == 200
+    trials = [
+        a
+        for a in body["data"]["result"]["result"]
+        if a.get("class_name") == "ImplicitFunc" and a.get("job_id") == job
+    ]
+    assert len(trials) >= 2 and {a["node_id"] for a in trials} == set(cluster["nodes"])
     _delete_job(cluster, sid)
 
 

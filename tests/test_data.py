@@ -15,11 +15,16 @@ from engine.config import DataSpec
 from engine.data import (
     ROW,
     LabelMap,
+    call_with_task_cpus,
+    data_task_cpus,
+    fractional_tasks,
     in_source_order,
+    iter_fragment,
     read_dataset,
     read_schema,
     resolve_columns,
     resolve_source,
+    run_fragments,
     write_in_source_order,
 )
 from engine.stats import compute_stats
@@ -122,10 +127,14 @@ def test_an_unordered_read_has_no_place_column(ray_local, tmp_path):
     assert ds.schema().names == ["id"]
 
 
-def test_a_read_of_fractional_tasks_runs_where_no_whole_cpu_is_free(ray_local, tmp_path):
-    # an actor holds 1.8 of the 2 CPUs: a task asking a whole CPU (Ray Data's file listing
-    # and reads) would wait forever; task_cpus=0.1 reads every row, without places
+def test_fractional_data_tasks_run_where_no_whole_cpu_is_free(ray_local, tmp_path):
+    # an actor holds 1.8 of the 2 CPUs, as trials holding parts of every node's CPUs do: a task
+    # asking a whole CPU (Ray Data's file listing and reads, a fragment task) would wait
+    # forever; inside fractional_tasks (and in a task run by call_with_task_cpus) they run
     import ray
+
+    def _row_count(source, frags) -> int:  # local: sent to the tasks by value
+        return sum(t.num_rows for f in frags for t in iter_fragment(source, f))
 
     ids = np.arange(500)
     for name, part in zip("ab", np.array_split(ids, 2)):
@@ -138,18 +147,33 @@ def test_a_read_of_fractional_tasks_runs_where_no_whole_cpu_is_free(ray_local, t
             return True
 
     @ray.remote(num_cpus=0)
-    def read(task_cpus: float) -> pa.Table:
-        ds = read_dataset(source, columns=["id"], task_cpus=task_cpus)
-        return pa.concat_tables(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    def reads(cpus: float) -> tuple[pa.Table, pa.Table, int, float | None]:
+        plain = read_dataset(source, columns=["id"], task_cpus=cpus)
+        with fractional_tasks(cpus):
+            ordered = read_dataset(source, columns=["id"], ordered=True)
+            counted = sum(run_fragments(source, _row_count, description="rows"))
+        return (
+            pa.concat_tables(plain.iter_batches(batch_format="pyarrow", batch_size=None)),
+            pa.concat_tables(ordered.iter_batches(batch_format="pyarrow", batch_size=None)),
+            counted,
+            data_task_cpus(),  # none outside the block
+        )
+
+    def count_in_task() -> int:
+        return sum(run_fragments(source, _row_count, description="rows"))
 
     holder = Holder.remote()
     try:
         assert ray.get(holder.ready.remote(), timeout=60)
-        rows = ray.get(read.remote(0.1), timeout=120)
+        plain, ordered, counted, after = ray.get(reads.remote(0.1), timeout=120)
+        task = ray.remote(num_cpus=0)(call_with_task_cpus)
+        in_task = ray.get(task.remote(0.1, count_in_task), timeout=120)
     finally:
         ray.kill(holder)
-    assert rows.column_names == ["id"]
-    assert sorted(rows.column("id").to_pylist()) == ids.tolist()
+    assert plain.column_names == ["id"]  # no places unless asked
+    assert sorted(plain.column("id").to_pylist()) == ids.tolist()
+    assert in_source_order(ordered).column("id").to_pylist() == ids.tolist()
+    assert counted == in_task == len(ids) and after is None
 
 
 # --------------------------------------------------------------------------------------------
