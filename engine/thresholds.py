@@ -521,7 +521,7 @@ def _choose_rule(y: np.ndarray, proba: np.ndarray, spec: ThresholdSpec, rules: d
             f"on the held-out folds ({cv[best]:.4f} vs {cv_default:.4f}): using argmax"
         )
         log.info("thresholds: %s", note)
-        info = {**rules["offsets"].info, **info, "note": note}
+        info = {**rules["offsets"].info, **info, "rule": "argmax", "note": note}
         return _argmax_result(spec, y, proba, k, [], info)
     return replace(rules[best], info={**rules[best].info, **info})
 

@@ -323,6 +323,7 @@ def test_offsets_that_only_fit_val_noise_are_dropped_for_argmax():
     assert t.kind == "argmax" and t.val_score == t.default_score
     assert t.info["cv_score"] <= t.info["cv_default"]
     assert "did not beat argmax on the held-out folds" in t.info["note"]
+    assert t.info["rule"] == "argmax"  # the rule kept, not the one that lost
     np.testing.assert_array_equal(apply_thresholds(p, t), p.argmax(1))
 
 
