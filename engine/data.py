@@ -591,15 +591,12 @@ def ordered_fragments(source: Source) -> list[Fragment]:
     return frags
 
 
-def read_ordered(
-    sources: Sequence[Source], columns: list[str] | None = None, task_cpus: float | None = None
-):
+def read_ordered(sources: Sequence[Source], columns: list[str] | None = None):
     """One Ray Dataset of the rows of several sources (with the same columns), each row with
     its place in ``ROW``: the source's index in ``sources`` << ``SOURCE_SHIFT`` | its place
     in that source. One pipeline (one actor pool downstream) serves them all, and
-    ``write_sources_in_order`` writes each source's rows back to its own folder.
-    ``task_cpus``: as ``read_dataset``'s."""
-    return _fragment_reads(sources, columns, data_task_cpus(task_cpus), places=True)
+    ``write_sources_in_order`` writes each source's rows back to its own folder."""
+    return _fragment_reads(sources, columns, data_task_cpus(), places=True)
 
 
 def _fragment_reads(

@@ -1153,10 +1153,10 @@ def _train_rows(spec: JobSpec, source, prep, rows: int, val_arrays: dict[str, np
     cpus = DATA_TASK_CPUS if stream else None
     train_ds = prep(read_dataset(source, ordered=not stream or exact, task_cpus=cpus), cpus)
     if stream and spec.model.kind == "gbdt":
-        # the shards' reads run here, before the workers hold their CPUs: inside the trainer a
-        # read task asking a whole CPU found none on a cluster of two 1-CPU nodes whose CPUs
-        # each worker half held, and the fit waited forever; splitting materialized blocks
-        # among the workers needs no CPU
+        # the shards' reads run here, before the workers hold their CPUs (a read inside the
+        # trainer once asked a whole CPU and found none on two 1-CPU nodes whose CPUs each
+        # worker half held; its tasks now ask a fraction, as the stream's do); splitting
+        # materialized blocks among the workers needs no CPU
         train_ds = train_ds.materialize()
     return train_ds, stream, solver
 
