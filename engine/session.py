@@ -192,6 +192,51 @@ class LocalSession:
         return max(self.kept, key=lambda k: self._score(k[1]))
 
 
+SCRATCH_PREFIX = "rb-ckpt-"  # + the writing process's pid + "-": a checkpoint being written
+
+
+def scratch_folder(where: str | None = None) -> str:
+    """A new folder for one checkpoint (``where``, default the node's temporary folder), named
+    after this process. The loop removes each one once reported; a worker killed in between
+    leaves its last one behind, so the folders of processes no longer running are removed
+    first (``sweep_scratch``)."""
+    import tempfile
+
+    if where is not None:
+        os.makedirs(where, exist_ok=True)
+    sweep_scratch(where or tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=where)
+
+
+def sweep_scratch(folder: str) -> list[str]:
+    """Remove the checkpoint scratch folders in ``folder`` whose writing process has ended;
+    returns them. Folders of running processes (this one included) are kept."""
+    import re
+
+    gone = []
+    pattern = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        match = pattern.match(name)
+        path = os.path.join(folder, name)
+        if match and os.path.isdir(path) and not _running(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+    return gone
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 CHECKPOINT_FILES = "checkpoint.json"  # {relative path: size} of every other file, written last
 
 

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -85,6 +84,7 @@ from engine.session import (
     error_line,
     last_complete,
     remove_partial,
+    scratch_folder,
     write_file_list,
 )
 from engine.state import load_state, save_state
@@ -539,9 +539,7 @@ def _validate(loop: _Loop, val_arrays: dict[str, np.ndarray], row: dict[str, Any
 def _checkpoint_dir(loop: _Loop, history: list[dict[str, Any]], where: str | None = None) -> str:
     """A temporary folder with the model, the optimizer state and the history (safetensors +
     JSON: a checkpoint holds no pickle)."""
-    if where is not None:
-        os.makedirs(where, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix="rb-ckpt-", dir=where)
+    tmp = scratch_folder(where)
     save_model(loop.core, os.path.join(tmp, "model"), loop.label_map)
     if loop.optimizer is not None:  # (a tree model has none)
         save_state(
@@ -606,9 +604,7 @@ def run_loop(config: dict[str, Any], session) -> list[dict[str, Any]]:
                 f"val macro-F1 {row['val_macro_f1']:.4f}  "
                 f"balanced acc {row['val_balanced_accuracy']:.4f}",
             )
-        session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _report(session, row, tmp)
     return history
 
 
@@ -748,10 +744,18 @@ def _report_exact(loop: _Loop, session, row: dict[str, Any], what: str) -> list[
             f"{what}  val macro-F1 {row['val_macro_f1']:.4f}  "
             f"balanced acc {row['val_balanced_accuracy']:.4f}",
         )
-    session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
-    if tmp is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _report(session, row, tmp)
     return history
+
+
+def _report(session, row: dict[str, Any], tmp: str | None) -> None:
+    """Report an epoch's row with its checkpoint folder ``tmp``, then remove ``tmp`` (the
+    session has its copy), also when the report raises (a stopped trial)."""
+    try:
+        session.report({k: v for k, v in row.items() if k != "val_recall"}, tmp)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _better(row: dict[str, Any], than: dict[str, Any], metric: str) -> bool:

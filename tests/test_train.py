@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from engine.config import load_spec
 from engine.evaluate import evaluate_split
 from engine.models import load_model
 from engine.prepare import prepare
+from engine.session import SCRATCH_PREFIX, sweep_scratch
 from engine.train import fit
 from jobs import cli
 
@@ -144,8 +146,13 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     spec = _spec(digits, tmp_path / "run", "train.num_workers=2", "train.max_failures=1")
     prepare(spec)
     marker = tmp_path / "died"
+    # the scratch checkpoint a worker killed while reporting would leave on its node
+    left = Path(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{_ended_pid()}-left")
+    (left / "model").mkdir(parents=True)
     result = fit(spec, step_hook=_exit_once(epoch=1, step=3, rank=1, marker=str(marker)))
     assert marker.exists()  # the worker really exited once
+    assert not left.exists()  # the workers' next checkpoints swept it
+    assert sweep_scratch(tempfile.gettempdir()) == []  # and left none of their own
     # resumed from the checkpoint after epoch 0: epoch 1 ran again, epoch 0 did not
     starts = [int(x) for x in Path(str(marker) + ".starts").read_text().split()]
     assert starts == [0, 1, 1, 2], starts
@@ -163,6 +170,15 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     x = torch.randn(2, 64)
     model.eval()
     assert model(x).shape == (2, 10)
+
+
+def _ended_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def _storage_failing_once(marker: str):
