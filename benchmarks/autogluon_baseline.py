@@ -5,8 +5,9 @@
 
 Run by ``bench_quality.py --autogluon-python PYTHON`` with the Python of a separate virtual
 environment: ``autogluon.tabular`` pins pyarrow and pandas below the engine's, so it cannot be
-installed beside the engine (``pip install autogluon.tabular==1.6.3`` into its own venv; it
-needs no torch). This script imports nothing of the engine: ``DIR`` holds ``train.parquet``,
+installed beside the engine (``pip install "autogluon.tabular[lightgbm]==1.6.3"`` into its own
+venv: it needs no torch; without the ``lightgbm`` extra AutoGluon skips its LightGBM models).
+This script imports nothing of the engine: ``DIR`` holds ``train.parquet``,
 ``val.parquet`` and ``test.parquet`` with the model's input columns and the int class index
 ``y`` (0..K-1, written by bench_quality.py), and ``classes.json`` with K. The predictor is
 fitted on train with val as its tuning data (``presets="medium_quality"``,

@@ -272,7 +272,7 @@ class ModelSpec:
     # linear: lbfgs (the exact solve on the rows in memory), sgd (averaged SGD over streamed
     # batches, past memory), auto (sgd once the train rows' design matrix passes 2 GiB)
     solver: Literal["auto", "lbfgs", "sgd"] = "auto"
-    # gbdt: the number of boosting rounds; null: stopped early on the val log-loss
+    # gbdt: the number of boosting rounds; null: stopped early on val (log-loss and macro-F1)
     rounds: int | None = None
     # gbdt: leaves per tree and the share of feature columns each tree sees
     num_leaves: int = 31

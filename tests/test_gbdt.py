@@ -164,10 +164,12 @@ def _split_features(node: dict) -> set[int]:
     return {node["split_feature"]} | below
 
 
-def test_rounds_stop_at_the_lowest_class_weighted_val_loss():
-    """The kept rounds are those with the lowest val log-loss under the training's class
-    weights (the plain val loss bottoms out far later here)."""
-    from sklearn.metrics import log_loss
+def test_rounds_stop_when_neither_the_weighted_val_loss_nor_val_macro_f1_improves():
+    """Grown until neither the val log-loss under the training's class weights has fallen nor
+    val macro-F1 risen for EARLY_STOP rounds; kept: the later of their best rounds (F1 ties go
+    to the later round). Here the weighted loss bottoms out early and the decisions improve
+    after it."""
+    from sklearn.metrics import f1_score, log_loss
 
     from engine.gbdt import EARLY_STOP
 
@@ -175,9 +177,11 @@ def test_rounds_stop_at_the_lowest_class_weighted_val_loss():
     xv, yv = _data(3, n=300, seed=10)
     w = np.array([1.0, 5.0, 40.0])
     best = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0).best_iteration
-    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + 3 * EARLY_STOP)
-    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + 3 * EARLY_STOP + 1)]
-    plain = [log_loss(yv, p, labels=[0, 1, 2]) for p in staged]
+    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + EARLY_STOP)
+    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + EARLY_STOP + 1)]
     weighted = [log_loss(yv, p, labels=[0, 1, 2], sample_weight=w[yv]) for p in staged]
-    assert best == int(np.argmin(weighted[: best + EARLY_STOP])) + 1
-    assert int(np.argmin(plain)) + 1 > best + 10
+    f1 = np.array([f1_score(yv, p.argmax(1), average="macro") for p in staged])
+    by_loss = int(np.argmin(weighted)) + 1
+    by_f1 = int(np.flatnonzero(f1 == f1.max())[-1]) + 1
+    assert best == max(by_loss, by_f1)
+    assert by_f1 > by_loss + 10  # the F1 kept it growing past the loss's best round
