@@ -247,11 +247,11 @@ class ModelSpec:
     MLP or lexical model without hidden layers, so everything that reads those reads it.
 
     ``gbdt``: gradient-boosted trees (LightGBM, ``engine.gbdt``) over the feature columns or the
-    text's embeddings, rounds stopped early on val (or ``rounds`` of them), ``num_leaves``
-    leaves per tree, each tree on a ``feature_fraction`` share of the columns, rows weighted by
-    the loss's class weights; saved as LightGBM's text model. Loss name, sampler, lr and
-    epochs do not apply; ``train.num_workers`` > 1 fits data-parallel under a
-    ``LightGBMTrainer`` (on CPU workers).
+    text's embeddings, rounds stopped early on val as ``stopping`` says (or ``rounds`` of
+    them), ``num_leaves`` leaves per tree, each tree on a ``feature_fraction`` share of the
+    columns, rows weighted by the loss's class weights; saved as LightGBM's text model. Loss
+    name, sampler, lr and epochs do not apply; ``train.num_workers`` > 1 fits data-parallel
+    under a ``LightGBMTrainer`` (on CPU workers).
     """
 
     kind: Literal["transformer", "mlp", "lexical", "linear", "gbdt"] = "transformer"
@@ -272,8 +272,12 @@ class ModelSpec:
     # linear: lbfgs (the exact solve on the rows in memory), sgd (averaged SGD over streamed
     # batches, past memory), auto (sgd once the train rows' design matrix passes 2 GiB)
     solver: Literal["auto", "lbfgs", "sgd"] = "auto"
-    # gbdt: the number of boosting rounds; null: stopped early on val (log-loss and macro-F1)
+    # gbdt: the number of boosting rounds; null: stopped early on val (``stopping``)
     rounds: int | None = None
+    # gbdt: what stops the rounds — loss: the class-weighted val log-loss (20 rounds without a
+    # new low); loss_or_f1: grown until neither that loss nor val macro-F1 has improved for 30
+    # rounds, the later of their best rounds kept
+    stopping: Literal["loss", "loss_or_f1"] = "loss"
     # gbdt: leaves per tree and the share of feature columns each tree sees
     num_leaves: int = 31
     feature_fraction: float = 0.5
@@ -753,6 +757,7 @@ LATER_SETTINGS = {
     ("model", "solver"): "auto",
     ("model", "num_leaves"): 31,
     ("model", "feature_fraction"): 0.5,
+    ("model", "stopping"): "loss",
     ("train", "keep"): "best",
     ("ensemble", "cross_fit"): 0,
     ("ensemble", "combiner"): "mean",

@@ -693,6 +693,7 @@ def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, An
         seed=loop.train.seed,
         rounds=config["gbdt_rounds"],
         params=params,
+        stopping=config.get("gbdt_stopping", "loss"),
     )
     loop.core.set_booster(booster.model_to_string())
     seconds = time.perf_counter() - t0
@@ -1122,6 +1123,7 @@ def loop_inputs(
         "exact_C": spec.model.C,
         "linear_solver": solver,
         "gbdt_rounds": spec.model.rounds,
+        "gbdt_stopping": spec.model.stopping,
         "gbdt_params": {
             "num_leaves": spec.model.num_leaves,
             "feature_fraction": spec.model.feature_fraction,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import load_spec
+from engine.config import SpecError, load_spec
 from engine.data import LabelMap
 from engine.evaluate import evaluate_split
 from engine.gbdt import MAX_ROUNDS, MODEL_TXT, GBDTClassifier, fit_booster
@@ -108,6 +108,15 @@ def test_gbdt_on_a_binary_tabular_set_trains_in_one_fit_and_evaluates(ray_local,
     text = (Path(result.best_dir) / MODEL_TXT).read_text()
     assert "[num_leaves: 7]" in text and "[feature_fraction: 0.8]" in text
     assert "[tree_learner: serial]" in text
+    # model.stopping reaches the booster: grown on while val macro-F1 still rises
+    by_f1 = _page_blocks(
+        tmp_path, f"run_dir={tmp_path / 'run'}", "model.num_leaves=7", "model.stopping=loss_or_f1"
+    )
+    rounds = train_model(by_f1, overwrite=True).metrics[0]["rounds"]
+    assert rounds >= row["rounds"]
+    assert _page_blocks(tmp_path, f"run_dir={tmp_path / 'run'}").model.stopping == "loss"
+    with pytest.raises(SpecError, match="stopping"):
+        _page_blocks(tmp_path, f"run_dir={tmp_path / 'run'}", "model.stopping=f1")
 
 
 def spec_counts(spec) -> list[int]:
@@ -164,12 +173,10 @@ def _split_features(node: dict) -> set[int]:
     return {node["split_feature"]} | below
 
 
-def test_rounds_stop_when_neither_the_weighted_val_loss_nor_val_macro_f1_improves():
-    """Grown until neither the val log-loss under the training's class weights has fallen nor
-    val macro-F1 risen for EARLY_STOP rounds; kept: the later of their best rounds (F1 ties go
-    to the later round). Here the weighted loss bottoms out early and the decisions improve
-    after it."""
-    from sklearn.metrics import f1_score, log_loss
+def test_rounds_stop_at_the_lowest_class_weighted_val_loss():
+    """The kept rounds are those with the lowest val log-loss under the training's class
+    weights (the plain val loss bottoms out far later here)."""
+    from sklearn.metrics import log_loss
 
     from engine.gbdt import EARLY_STOP
 
@@ -177,11 +184,36 @@ def test_rounds_stop_when_neither_the_weighted_val_loss_nor_val_macro_f1_improve
     xv, yv = _data(3, n=300, seed=10)
     w = np.array([1.0, 5.0, 40.0])
     best = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0).best_iteration
-    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + EARLY_STOP)
-    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + EARLY_STOP + 1)]
+    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + 3 * EARLY_STOP)
+    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + 3 * EARLY_STOP + 1)]
+    plain = [log_loss(yv, p, labels=[0, 1, 2]) for p in staged]
+    weighted = [log_loss(yv, p, labels=[0, 1, 2], sample_weight=w[yv]) for p in staged]
+    assert best == int(np.argmin(weighted[: best + EARLY_STOP])) + 1
+    assert int(np.argmin(plain)) + 1 > best + 10
+
+
+def test_loss_or_f1_grows_until_neither_the_weighted_val_loss_nor_val_macro_f1_improves():
+    """``stopping="loss_or_f1"``: grown until neither the val log-loss under the training's
+    class weights has fallen nor val macro-F1 risen for EARLY_STOP_OR_F1 rounds; kept: the
+    later of their best rounds (F1 ties go to the later round). Here the weighted loss bottoms
+    out early and the decisions improve after it."""
+    from sklearn.metrics import f1_score, log_loss
+
+    from engine.gbdt import EARLY_STOP_OR_F1 as PATIENCE
+
+    x, y = _data(3, n=600)
+    xv, yv = _data(3, n=300, seed=10)
+    w = np.array([1.0, 5.0, 40.0])
+    best = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, stopping="loss_or_f1").best_iteration
+    full = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0, rounds=best + PATIENCE)
+    staged = [full.predict(xv, num_iteration=i) for i in range(1, best + PATIENCE + 1)]
     weighted = [log_loss(yv, p, labels=[0, 1, 2], sample_weight=w[yv]) for p in staged]
     f1 = np.array([f1_score(yv, p.argmax(1), average="macro") for p in staged])
     by_loss = int(np.argmin(weighted)) + 1
     by_f1 = int(np.flatnonzero(f1 == f1.max())[-1]) + 1
     assert best == max(by_loss, by_f1)
     assert by_f1 > by_loss + 10  # the F1 kept it growing past the loss's best round
+    loss_only = fit_booster(x, y, 3, w.tolist(), xv, yv, seed=0).best_iteration
+    assert loss_only < best
+    with pytest.raises(ValueError, match="stopping 'f1'"):
+        fit_booster(x, y, 3, None, xv, yv, stopping="f1")
