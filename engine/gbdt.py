@@ -124,21 +124,10 @@ def fit_booster(
         raise ValueError(f"stopping {stopping!r}: use one of {', '.join(STOPPING)}")
     val = lgb.Dataset(x_val, y_val, weight=None if w is None else w[y_val], reference=train)
     if stopping == "loss":
-        return lgb.train(
-            params,
-            train,
-            num_boost_round=MAX_ROUNDS,
-            valid_sets=[val],
-            callbacks=[lgb.early_stopping(EARLY_STOP, verbose=False)],
-        )
-    return lgb.train(
-        params,
-        train,
-        num_boost_round=MAX_ROUNDS,
-        valid_sets=[val],
-        feval=val_macro_f1,
-        callbacks=[stop_when_both_stale(EARLY_STOP_OR_F1)],
-    )
+        stop = {"callbacks": [lgb.early_stopping(EARLY_STOP, verbose=False)]}
+    else:
+        stop = {"feval": val_macro_f1, "callbacks": [stop_when_both_stale(EARLY_STOP_OR_F1)]}
+    return lgb.train(params, train, num_boost_round=MAX_ROUNDS, valid_sets=[val], **stop)
 
 
 def val_macro_f1(preds: np.ndarray, data) -> tuple[str, float, bool]:

@@ -226,8 +226,6 @@ def sweep_scratch(folder: str) -> list[str]:
 
 def _running(pid: int) -> bool:
     """Whether a process ``pid`` runs on this machine (one of another user's counts)."""
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

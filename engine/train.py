@@ -693,7 +693,7 @@ def _run_gbdt(config: dict[str, Any], loop: _Loop, session) -> list[dict[str, An
         seed=loop.train.seed,
         rounds=config["gbdt_rounds"],
         params=params,
-        stopping=config.get("gbdt_stopping", "loss"),
+        stopping=config["gbdt_stopping"],
     )
     loop.core.set_booster(booster.model_to_string())
     seconds = time.perf_counter() - t0

@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from engine.session import SCRATCH_PREFIX, scratch_folder, sweep_scratch
-
-
-def _ended_pid() -> int:
-    """The pid of a process that has ended."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from tests._procs import ended_pid
 
 
 def _folder(root, name: str):
@@ -24,7 +16,7 @@ def _folder(root, name: str):
 
 
 def test_scratch_of_ended_processes_is_swept_and_running_ones_kept(tmp_path):
-    dead = _folder(tmp_path, f"{SCRATCH_PREFIX}{_ended_pid()}-abc")
+    dead = _folder(tmp_path, f"{SCRATCH_PREFIX}{ended_pid()}-abc")
     parent = _folder(tmp_path, f"{SCRATCH_PREFIX}{os.getppid()}-def")
     own = _folder(tmp_path, f"{SCRATCH_PREFIX}{os.getpid()}-ghi")
     unnamed = _folder(tmp_path, f"{SCRATCH_PREFIX}x1y2z3")  # not named after a process
@@ -36,7 +28,7 @@ def test_scratch_of_ended_processes_is_swept_and_running_ones_kept(tmp_path):
 
 
 def test_a_new_scratch_folder_is_named_after_this_process_and_sweeps_first(tmp_path):
-    dead = _folder(tmp_path, f"{SCRATCH_PREFIX}{_ended_pid()}-abc")
+    dead = _folder(tmp_path, f"{SCRATCH_PREFIX}{ended_pid()}-abc")
     where = tmp_path / "nested" / "scratch"
     new = scratch_folder(str(where))  # the folder is made where it is missing
     assert os.path.isdir(new) and os.path.dirname(new) == str(where)

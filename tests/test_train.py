@@ -18,6 +18,7 @@ from engine.prepare import prepare
 from engine.session import SCRATCH_PREFIX, sweep_scratch
 from engine.train import fit
 from jobs import cli
+from tests._procs import ended_pid
 
 ROOT = Path(__file__).parent.parent
 
@@ -147,7 +148,7 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     prepare(spec)
     marker = tmp_path / "died"
     # the scratch checkpoint a worker killed while reporting would leave on its node
-    left = Path(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{_ended_pid()}-left")
+    left = Path(tempfile.gettempdir(), f"{SCRATCH_PREFIX}{ended_pid()}-left")
     (left / "model").mkdir(parents=True)
     result = fit(spec, step_hook=_exit_once(epoch=1, step=3, rank=1, marker=str(marker)))
     assert marker.exists()  # the worker really exited once
@@ -170,15 +171,6 @@ def test_a_worker_that_dies_mid_epoch_is_replaced_and_training_resumes(ray_local
     x = torch.randn(2, 64)
     model.eval()
     assert model(x).shape == (2, 10)
-
-
-def _ended_pid() -> int:
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def _storage_failing_once(marker: str):
